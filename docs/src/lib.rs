@@ -1,0 +1,2 @@
+//! The nameko-rs guide. Each chapter is a Markdown file under `docs/guide/`, included
+//! here so that every code block in it compiles and runs as a doctest.

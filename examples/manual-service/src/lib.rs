@@ -1,0 +1,1 @@
+//! A nameko-rs service written without macros.

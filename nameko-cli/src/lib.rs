@@ -1,0 +1,1 @@
+//! The nameko-rs command line, as a library a service binary calls.

@@ -1,0 +1,1 @@
+//! The transport-agnostic runtime of nameko-rs.

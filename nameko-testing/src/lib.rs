@@ -1,0 +1,1 @@
+//! Test helpers for nameko-rs services.

@@ -1,0 +1,2 @@
+//! nameko-rs: microservices in the style of Python's Nameko.
+pub use nameko_core as core;
