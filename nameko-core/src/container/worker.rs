@@ -1,0 +1,195 @@
+//! The worker lifecycle, written once: build the worker, run the hooks and the
+//! handler in a task the container owns, deliver the result.
+
+use std::{future::Future, marker::PhantomData, panic::AssertUnwindSafe, pin::Pin, sync::Arc};
+
+use futures_util::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::{
+    config::Config,
+    context::{ContextData, EntrypointInfo, Extensions, WorkerContext},
+    dependency::{Outcome, Providers, WorkerBuilder},
+    entrypoint::{Spawner, WorkerHandle},
+    error::{IntoHandlerError, SpawnError, WorkerError},
+    service::Service,
+    util::panic_message,
+};
+
+/// What every worker of one container shares.
+pub(crate) struct Core<S: Service> {
+    pub(crate) config: Config,
+    pub(crate) providers: S::Providers,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled when the container stops taking new work.
+    pub(crate) stopping: CancellationToken,
+    /// Cancelled when the container is killed: running workers are dropped.
+    pub(crate) killed: CancellationToken,
+}
+
+impl<S: Service> Core<S> {
+    pub(crate) fn new(config: Config, providers: S::Providers) -> Self {
+        let max_workers = config.max_workers();
+        Self {
+            config,
+            providers,
+            permits: Arc::new(Semaphore::new(max_workers)),
+            tracker: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            killed: CancellationToken::new(),
+        }
+    }
+
+    /// Waits for a permit of `semaphore`, unless the container stops or is killed first.
+    async fn acquire(&self, semaphore: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, SpawnError> {
+        tokio::select! {
+            biased;
+            () = self.killed.cancelled() => Err(SpawnError::Killed),
+            () = self.stopping.cancelled() => Err(SpawnError::Stopping),
+            permit = Arc::clone(semaphore).acquire_owned() => Ok(permit.expect("worker semaphores are never closed")),
+        }
+    }
+}
+
+/// Starts workers of one method with one handler.
+pub(crate) struct MethodSpawner<S: Service, H, Req, Resp, Fut, Err> {
+    core: Arc<Core<S>>,
+    info: EntrypointInfo,
+    own_permits: Option<Arc<Semaphore>>,
+    handler: Arc<H>,
+    _marker: PhantomData<fn(Req) -> (Resp, Fut, Err)>,
+}
+
+impl<S, H, Req, Resp, Fut, Err> MethodSpawner<S, H, Req, Resp, Fut, Err>
+where
+    S: Service,
+{
+    pub(crate) fn new(core: Arc<Core<S>>, info: EntrypointInfo, handler: H) -> Self {
+        let own_permits = info.max_workers().map(|n| Arc::new(Semaphore::new(n)));
+        Self {
+            core,
+            info,
+            own_permits,
+            handler: Arc::new(handler),
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<S, H, Req, Resp, Fut, Err> Spawner<Req, Resp> for MethodSpawner<S, H, Req, Resp, Fut, Err>
+where
+    S: Service,
+    H: Fn(S, Req) -> Fut + Send + Sync + 'static,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    Fut: Future<Output = Result<Resp, Err>> + Send + 'static,
+    Err: IntoHandlerError,
+{
+    fn spawn(
+        &self,
+        request: Req,
+        data: ContextData,
+        extensions: Extensions,
+    ) -> Pin<Box<dyn Future<Output = Result<WorkerHandle<Resp>, SpawnError>> + Send + '_>> {
+        Box::pin(async move {
+            let core = &self.core;
+            // Holding a tracker token from here on keeps a concurrent `stop` waiting for
+            // this spawn to either start its worker or give up.
+            let token = core.tracker.token();
+            if core.killed.is_cancelled() {
+                return Err(SpawnError::Killed);
+            }
+            if core.stopping.is_cancelled() {
+                return Err(SpawnError::Stopping);
+            }
+            let own = match &self.own_permits {
+                Some(semaphore) => Some(core.acquire(semaphore).await?),
+                None => None,
+            };
+            let permit = core.acquire(&core.permits).await?;
+            let cx = WorkerContext::new(S::NAME, self.info.clone(), data, core.config.clone(), extensions);
+            let (tx, rx) = oneshot::channel();
+            let call_id = cx.call_id().to_owned();
+            let core = Arc::clone(core);
+            let handler = Arc::clone(&self.handler);
+            tokio::spawn(async move {
+                let span = tracing::info_span!(
+                    "worker",
+                    service = cx.service_name(),
+                    entrypoint = cx.entrypoint().method(),
+                    call_id = cx.call_id(),
+                    trace_id = cx.trace_id(),
+                );
+                let killed = core.killed.clone();
+                let lifecycle = run_lifecycle(&core, &*handler, &cx, request).instrument(span);
+                let result = tokio::select! {
+                    biased;
+                    () = killed.cancelled() => Err(WorkerError::Killed),
+                    result = lifecycle => result,
+                };
+                drop((permit, own));
+                // The caller may have gone away; the worker ran to the end regardless.
+                let _ = tx.send(result);
+                drop(token);
+            });
+            Ok(WorkerHandle { call_id, rx })
+        })
+    }
+}
+
+/// `get_dependency` for every field → `worker_setup` → handler → `worker_result` →
+/// `worker_teardown`. Result and teardown always run; panics are caught.
+async fn run_lifecycle<S, H, Req, Resp, Fut, Err>(
+    core: &Core<S>,
+    handler: &H,
+    cx: &WorkerContext,
+    request: Req,
+) -> Result<Resp, WorkerError>
+where
+    S: Service,
+    H: Fn(S, Req) -> Fut,
+    Fut: Future<Output = Result<Resp, Err>>,
+    Err: IntoHandlerError,
+{
+    tracing::debug!("worker started");
+    let mut builder = WorkerBuilder::new(cx);
+    let built = AssertUnwindSafe(core.providers.build(&mut builder))
+        .catch_unwind()
+        .await;
+    let (outcome, value) = match built {
+        Ok(Ok(worker)) => match builder.worker_setup().await {
+            Ok(()) => match AssertUnwindSafe(async { handler(worker, request).await })
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(value)) => (Outcome::Success, Some(value)),
+                Ok(Err(err)) => (Outcome::Failure(err.into_handler_error()), None),
+                Err(panic) => (Outcome::Panicked(panic_message(&*panic)), None),
+            },
+            Err(message) => (Outcome::Panicked(message), None),
+        },
+        Ok(Err(err)) => (Outcome::Failure(err.into_handler_error()), None),
+        Err(panic) => (
+            Outcome::Panicked(format!("building the worker panicked: {}", panic_message(&*panic))),
+            None,
+        ),
+    };
+    match &outcome {
+        Outcome::Success => tracing::debug!("worker succeeded"),
+        Outcome::Failure(err) if err.is_expected() => {
+            tracing::warn!(error = %err, "worker failed (expected)");
+        }
+        Outcome::Failure(err) => tracing::error!(error = %err, "worker failed"),
+        Outcome::Panicked(message) => tracing::error!(panic = %message, "worker panicked"),
+    }
+    builder.finish(&outcome).await;
+    match (outcome, value) {
+        (Outcome::Success, Some(value)) => Ok(value),
+        (Outcome::Failure(err), _) => Err(WorkerError::Failed(err)),
+        (Outcome::Panicked(message), _) => Err(WorkerError::Panicked(message)),
+        (Outcome::Success, None) => unreachable!("a successful worker always has a value"),
+    }
+}

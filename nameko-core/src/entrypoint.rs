@@ -1,0 +1,186 @@
+//! Extensions and entrypoints: what turns outside events into workers.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::sync::oneshot;
+
+use crate::{
+    context::{ContextData, EntrypointInfo, Extensions},
+    error::{SetupError, SpawnError, WorkerError},
+    setup::SetupContext,
+};
+
+/// Something a container owns for a service's whole life: set up once, started, then
+/// stopped (gracefully) or killed. Implement the methods with `async fn`.
+pub trait Extension: Send + Sync + 'static {
+    /// Called once before anything starts: read config, validate, allocate.
+    fn setup(&mut self, cx: &mut SetupContext<'_>) -> impl Future<Output = Result<(), SetupError>> + Send {
+        let _ = cx;
+        async { Ok(()) }
+    }
+
+    /// Starts reacting to the outside world; called after every extension of the
+    /// container set up. Returns once the extension is ready (a consumer is consuming).
+    fn start(&self) -> impl Future<Output = Result<(), SetupError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Graceful: stop taking new work. Running workers are awaited by the container.
+    fn stop(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Ungraceful and infallible: drop everything now. Must not block or panic.
+    fn kill(&self) {}
+}
+
+/// An extension that fires workers of one method: an RPC consumer, an event handler,
+/// an HTTP route, a timer.
+///
+/// The container hands the entrypoint a [`Binding`] before `setup`; the entrypoint
+/// decodes each input into a [`Request`](Self::Request) and calls
+/// [`Binding::spawn`], which waits for a worker slot only then — so a slow input never
+/// holds a slot.
+pub trait Entrypoint: Extension {
+    /// What the entrypoint hands to the handler (decoded arguments, an event body…).
+    type Request: Send + 'static;
+    /// What the handler hands back (a reply value, a response…).
+    type Response: Send + 'static;
+    /// The entrypoint's kind, e.g. `"rpc"`.
+    const KIND: &'static str;
+
+    /// Receives the handle through which the entrypoint starts workers.
+    fn bind(&mut self, binding: Binding<Self::Request, Self::Response>);
+
+    /// A limit on this entrypoint's concurrent workers, below the container's
+    /// `max_workers`.
+    fn max_workers(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Starts workers of one method.
+pub(crate) trait Spawner<Req, Resp>: Send + Sync {
+    fn spawn(
+        &self,
+        request: Req,
+        data: ContextData,
+        extensions: Extensions,
+    ) -> Pin<Box<dyn Future<Output = Result<WorkerHandle<Resp>, SpawnError>> + Send + '_>>;
+}
+
+/// An entrypoint's handle on its container: starts workers of the bound method.
+/// Cheap to clone.
+pub struct Binding<Req, Resp> {
+    pub(crate) info: EntrypointInfo,
+    pub(crate) service: &'static str,
+    pub(crate) spawner: Arc<dyn Spawner<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for Binding<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            info: self.info.clone(),
+            service: self.service,
+            spawner: Arc::clone(&self.spawner),
+        }
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Binding<Req, Resp> {
+    /// The bound method.
+    pub fn info(&self) -> &EntrypointInfo {
+        &self.info
+    }
+
+    /// The service's name.
+    pub fn service_name(&self) -> &'static str {
+        self.service
+    }
+
+    /// Starts a worker for `request` with the call's incoming context data, once a
+    /// worker slot is free. The worker runs in a task the container owns: dropping the
+    /// returned handle (or this future, once it returned) never cancels it.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError`] when the container stops or is killed before a slot frees up.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes starts no worker.
+    pub async fn spawn(&self, request: Req, data: ContextData) -> Result<WorkerHandle<Resp>, SpawnError> {
+        self.spawner.spawn(request, data, Extensions::new()).await
+    }
+
+    /// Like [`spawn`](Self::spawn), attaching `extensions` the worker's providers can
+    /// read from [`WorkerContext::extensions`](crate::WorkerContext::extensions).
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Self::spawn).
+    pub async fn spawn_with(
+        &self,
+        request: Req,
+        data: ContextData,
+        extensions: Extensions,
+    ) -> Result<WorkerHandle<Resp>, SpawnError> {
+        self.spawner.spawn(request, data, extensions).await
+    }
+
+    /// Starts a worker and waits for its result.
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerError`] when the worker failed, panicked, was killed or never started.
+    pub async fn call(&self, request: Req, data: ContextData) -> Result<Resp, WorkerError> {
+        self.spawn(request, data).await.map_err(WorkerError::NotStarted)?.await
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Binding<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Binding")
+            .field("service", &self.service)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// A running worker: await it for the worker's result, which arrives after
+/// `worker_teardown`. Dropping it does not cancel the worker.
+pub struct WorkerHandle<Resp> {
+    pub(crate) call_id: String,
+    pub(crate) rx: oneshot::Receiver<Result<Resp, WorkerError>>,
+}
+
+impl<Resp> WorkerHandle<Resp> {
+    /// The worker's call id.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+}
+
+impl<Resp> Future for WorkerHandle<Resp> {
+    type Output = Result<Resp, WorkerError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(WorkerError::Killed)))
+    }
+}
+
+impl<Resp> fmt::Debug for WorkerHandle<Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("call_id", &self.call_id)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,270 @@
+//! [`ServiceRunner`]: several services in one process.
+
+use std::{collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
+
+use futures_util::future::join_all;
+
+use crate::{
+    config::Config,
+    container::{ContainerError, ServiceContainer, ServiceContainerBuilder, Startable},
+    service::Service,
+    setup::{Resources, Shared},
+};
+
+/// The default deadline of a graceful stop before the runner kills.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs several services in one process, sharing config, resources and runner-wide
+/// state.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use nameko_core::{Config, ServiceRunner};
+/// # trait UserRepo: Send + Sync {}
+/// # struct Pg; impl UserRepo for Pg {}
+/// # async fn run<Greeting: nameko_core::Service>() -> Result<(), Box<dyn std::error::Error>> {
+/// let runner = ServiceRunner::new(Config::loader().file("config.yaml").load()?)
+///     .resource::<dyn UserRepo>(Arc::new(Pg))
+///     .with_service::<Greeting>();
+/// // Stops gracefully when the future completes, killing after the stop timeout.
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// # drop(stop);
+/// runner.run_until(async { let _ = stopped.await; }).await?;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct ServiceRunner {
+    config: Config,
+    resources: Resources,
+    services: Vec<Pending>,
+    stop_timeout: Duration,
+}
+
+struct Pending {
+    name: &'static str,
+    location: Option<String>,
+    builder: Box<dyn Startable>,
+}
+
+impl ServiceRunner {
+    /// A runner with `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            resources: Resources::new(),
+            services: Vec::new(),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        }
+    }
+
+    /// Registers a resource for [`Dep<T>`](crate::deps::Dep) fields, by type.
+    pub fn resource<T: ?Sized + Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.resources.insert(value);
+        self
+    }
+
+    /// Registers resources.
+    pub fn resources(mut self, resources: Resources) -> Self {
+        self.resources.extend(resources);
+        self
+    }
+
+    /// Adds service `S`.
+    pub fn with_service<S: Service>(self) -> Self {
+        self.with_container(ServiceContainer::builder::<S>())
+    }
+
+    /// Adds a service with its container configured (replaced providers, restricted
+    /// entrypoints, its own config or resources).
+    pub fn with_container<S: Service>(mut self, builder: ServiceContainerBuilder<S>) -> Self {
+        self.services.push(Pending {
+            name: S::NAME,
+            location: None,
+            builder: Box::new(builder),
+        });
+        self
+    }
+
+    /// Adds the services registered with `inventory` whose names are given, or every
+    /// registered service when `names` is empty.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::UnknownService`] listing the known names, or
+    /// [`ContainerError::DuplicateService`] naming where both were declared.
+    #[cfg(feature = "registry")]
+    pub fn with_registered<I, N>(mut self, names: I) -> Result<Self, ContainerError>
+    where
+        I: IntoIterator<Item = N>,
+        N: AsRef<str>,
+    {
+        let registered = crate::registry::registered_services()?;
+        let names: Vec<N> = names.into_iter().collect();
+        let picked: Vec<_> = if names.is_empty() {
+            registered
+        } else {
+            names
+                .iter()
+                .map(|name| {
+                    registered
+                        .iter()
+                        .copied()
+                        .find(|r| r.name() == name.as_ref())
+                        .ok_or_else(|| ContainerError::UnknownService {
+                            name: name.as_ref().to_owned(),
+                            known: registered.iter().map(|r| r.name()).collect(),
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        for registration in picked {
+            self.services.push(Pending {
+                name: registration.name(),
+                location: Some(registration.location()),
+                builder: registration.builder(),
+            });
+        }
+        Ok(self)
+    }
+
+    /// How long a graceful stop may take before the runner kills (default 30 s).
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The names of the services added so far.
+    pub fn service_names(&self) -> Vec<&'static str> {
+        self.services.iter().map(|p| p.name).collect()
+    }
+
+    /// Starts every service, one after another.
+    ///
+    /// # Errors
+    ///
+    /// The first [`ContainerError`]; the services already started are killed.
+    pub async fn start(self) -> Result<RunningServices, ContainerError> {
+        let mut seen: HashMap<&'static str, Option<String>> = HashMap::new();
+        for pending in &self.services {
+            if let Some(first) = seen.insert(pending.name, pending.location.clone()) {
+                let locations = first.zip(pending.location.clone());
+                return Err(ContainerError::DuplicateService {
+                    name: pending.name,
+                    locations,
+                });
+            }
+        }
+        let shared = Shared::default();
+        let mut containers = Vec::with_capacity(self.services.len());
+        let mut claimed = Vec::new();
+        for pending in self.services {
+            match pending
+                .builder
+                .start(self.config.clone(), self.resources.clone(), shared.clone())
+                .await
+            {
+                Ok((container, keys)) => {
+                    containers.push(container);
+                    claimed.extend(keys);
+                }
+                Err(err) => {
+                    for container in &containers {
+                        container.kill();
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let claimed: Vec<&str> = claimed.iter().map(String::as_str).collect();
+        for (key, location) in self.config.unknown_keys(&claimed) {
+            tracing::warn!("{location}: unknown config key `{key}`: neither a Nameko setting nor read by a service");
+        }
+        Ok(RunningServices {
+            containers,
+            stop_timeout: self.stop_timeout,
+        })
+    }
+
+    /// Starts every service, runs until `shutdown` completes, then stops gracefully,
+    /// killing past the stop timeout. Works inside the caller's own tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// When a service cannot start.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<Shutdown, ContainerError> {
+        let running = self.start().await?;
+        shutdown.await;
+        Ok(running.shutdown(std::future::pending()).await)
+    }
+}
+
+impl fmt::Debug for ServiceRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceRunner")
+            .field("services", &self.service_names())
+            .field("resources", &self.resources)
+            .field("stop_timeout", &self.stop_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a runner's stop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Shutdown {
+    /// Every worker finished and every service stopped.
+    Graceful,
+    /// The stop timed out, or a kill was asked for; running workers were cancelled.
+    Killed,
+}
+
+/// Services started by a [`ServiceRunner`].
+#[derive(Debug)]
+pub struct RunningServices {
+    containers: Vec<ServiceContainer>,
+    stop_timeout: Duration,
+}
+
+impl RunningServices {
+    /// The running containers, in the order they started.
+    pub fn containers(&self) -> &[ServiceContainer] {
+        &self.containers
+    }
+
+    /// The container of the service named `name`.
+    pub fn container(&self, name: &str) -> Option<&ServiceContainer> {
+        self.containers.iter().find(|c| c.service_name() == name)
+    }
+
+    /// Stops every service gracefully, waiting as long as workers run.
+    pub async fn stop(&self) {
+        join_all(self.containers.iter().map(ServiceContainer::stop)).await;
+    }
+
+    /// Kills every service now.
+    pub fn kill(&self) {
+        for container in &self.containers {
+            container.kill();
+        }
+    }
+
+    /// Stops every service gracefully; kills when the stop timeout passes or `kill`
+    /// completes first (a second Ctrl-C).
+    pub async fn shutdown(&self, kill: impl Future<Output = ()>) -> Shutdown {
+        tokio::select! {
+            () = self.stop() => Shutdown::Graceful,
+            () = tokio::time::sleep(self.stop_timeout) => {
+                tracing::warn!(timeout = ?self.stop_timeout, "graceful stop timed out; killing");
+                self.kill();
+                Shutdown::Killed
+            }
+            () = kill => {
+                tracing::warn!("kill requested during graceful stop");
+                self.kill();
+                Shutdown::Killed
+            }
+        }
+    }
+}
