@@ -1,2 +1,67 @@
-//! nameko-rs: microservices in the style of Python's Nameko.
+//! nameko-rs: microservices in the style of Python's Nameko, wire-compatible with
+//! Nameko clusters on RabbitMQ.
+//!
+//! A service is a struct whose fields are *dependencies* and whose methods are
+//! *entrypoints*. Every time an entrypoint fires, a container builds a fresh worker —
+//! the struct with each field provided — and runs the method, with Nameko's
+//! lifecycle hooks around it, so business logic never touches the transport.
+//!
+//! This crate is the one to depend on: [`core`] is the runtime (containers, the
+//! worker lifecycle, dependency providers, the runner, config), and [`prelude`] brings
+//! the everyday names into scope.
+//!
+//! # Examples
+//!
+//! A service written against the public traits (the `#[nameko::service]` macro writes
+//! the same code for you):
+//!
+//! ```
+//! use nameko::prelude::*;
+//! use nameko::core::{entrypoints::Dummy, DependencyError, ProviderSlot, Providers, WorkerBuilder};
+//!
+//! pub struct Greeter { user: UserId }
+//!
+//! pub struct GreeterProviders { user: Provider<UserId> }
+//! impl Providers for GreeterProviders {
+//!     type Worker = Greeter;
+//!     fn slots(&mut self) -> Vec<(&'static str, &mut dyn ProviderSlot)> { vec![("user", &mut self.user)] }
+//!     async fn build<'a>(&'a self, b: &mut WorkerBuilder<'a>) -> Result<Greeter, DependencyError> {
+//!         Ok(Greeter { user: b.get(&self.user).await? })
+//!     }
+//! }
+//! impl Dependencies for Greeter {
+//!     type Providers = GreeterProviders;
+//!     fn providers() -> GreeterProviders { GreeterProviders { user: Provider::of() } }
+//! }
+//! impl Service for Greeter {
+//!     const NAME: &'static str = "greeter";
+//!     fn entrypoints(e: &mut Entrypoints<Self>) {
+//!         e.add("greet", Dummy::<String, String>::new(), |w: Greeter, name: String| async move {
+//!             let by = w.user.as_str().unwrap_or("nobody").to_owned();
+//!             Ok::<_, RemoteError>(format!("Hi, {name}! (asked by {by})"))
+//!         });
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let container = ServiceContainer::builder::<Greeter>().start().await?;
+//! let data = ContextData::new().with("user_id", "ada");
+//! let reply: String = container.call_with("greet", "Bob".to_owned(), data).await?;
+//! assert_eq!(reply, "Hi, Bob! (asked by ada)");
+//! container.stop().await;
+//! # Ok(()) }
+//! ```
+
+#[doc(inline)]
 pub use nameko_core as core;
+
+/// The everyday names: `use nameko::prelude::*;`.
+pub mod prelude {
+    #[doc(no_inline)]
+    pub use nameko_core::{
+        Config, ContextData, Dependencies, Dependency, DependencyProvider, Entrypoints, HandlerError, IntoHandlerError,
+        Outcome, Provider, RemoteError, Resources, Service, ServiceContainer, ServiceRunner, WorkerContext,
+        deps::{AuthToken, Dep, Language, Lazy, Settings, UserAgent, UserId},
+    };
+}
