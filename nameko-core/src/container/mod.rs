@@ -40,7 +40,7 @@ pub enum ContainerError {
     Setup {
         /// The service.
         service: &'static str,
-        /// What failed, e.g. "field `users` (nameko_core::deps::Dep<dyn UserRepo>)".
+        /// What failed, e.g. "field `users` (`nameko_core::deps::Dep<dyn UserRepo>`)".
         part: String,
         /// Why.
         #[source]
