@@ -5,3 +5,8 @@
 //! [`nameko_core`], exactly as a third-party extension would be.
 
 pub mod broker;
+pub mod context;
+pub mod rpc;
+pub mod transport;
+
+mod consumer;

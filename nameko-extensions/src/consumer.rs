@@ -1,0 +1,189 @@
+//! A queue consumer shared by RPC, events and reply listeners: declares its topology,
+//! consumes, hands each delivery to a handler task, re-consumes after a connection
+//! recovers, and stops gracefully.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::broker::{
+    BrokerError, ConnectionEvent, ConsumeOptions, ConsumerControl, ConsumerEnd, Delivery, SharedBroker, Topology,
+};
+
+/// Handles one delivery. `stopping` is cancelled when the consumer stops: a handler
+/// that has not started its work yet should requeue the message then.
+pub(crate) trait DeliveryHandler: Send + Sync + 'static {
+    fn handle(&self, delivery: Delivery, stopping: CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// Consumes one queue for as long as it runs.
+pub(crate) struct QueueConsumer {
+    broker: SharedBroker,
+    topology: Topology,
+    queue: String,
+    prefetch: u16,
+    stopping: CancellationToken,
+    tasks: TaskTracker,
+    control: Mutex<Option<Arc<dyn ConsumerControl>>>,
+    run: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl QueueConsumer {
+    pub(crate) fn new(broker: SharedBroker, topology: Topology, queue: String, prefetch: u16) -> Arc<Self> {
+        Arc::new(Self {
+            broker,
+            topology,
+            queue,
+            prefetch,
+            stopping: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            control: Mutex::new(None),
+            run: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Declares the topology and starts consuming; returns once the consumer is
+    /// registered with the broker.
+    pub(crate) async fn start(self: &Arc<Self>, handler: Arc<dyn DeliveryHandler>) -> Result<(), BrokerError> {
+        let consumer = self.subscribe().await?;
+        let this = Arc::clone(self);
+        let run = tokio::spawn(async move { this.run(consumer, handler).await });
+        *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<crate::broker::Consumer, BrokerError> {
+        self.broker.declare(&self.topology).await?;
+        let consumer = self
+            .broker
+            .consume(&self.queue, ConsumeOptions::prefetch(self.prefetch))
+            .await?;
+        *self.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(consumer.control());
+        Ok(consumer)
+    }
+
+    async fn run(self: Arc<Self>, mut consumer: crate::broker::Consumer, handler: Arc<dyn DeliveryHandler>) {
+        let mut events = self.broker.events();
+        loop {
+            let end = loop {
+                match consumer.next().await {
+                    Ok(delivery) => {
+                        let work = handler.handle(delivery, self.stopping.clone());
+                        self.tasks.spawn(work);
+                    }
+                    Err(end) => break end,
+                }
+            };
+            if self.stopping.is_cancelled() {
+                return;
+            }
+            match end {
+                ConsumerEnd::ConnectionLost | ConsumerEnd::ChannelClosed => {
+                    tracing::warn!(queue = %self.queue, ?end, "consumer ended; waiting for the connection to recover");
+                    if !self.wait_for_recovery(&mut events).await {
+                        return;
+                    }
+                }
+                ConsumerEnd::Cancelled { by_broker: true } => {
+                    tracing::warn!(queue = %self.queue, "the broker cancelled the consumer (queue deleted?); re-declaring");
+                }
+                _ => return,
+            }
+            match self.resubscribe().await {
+                Some(next) => consumer = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Waits for a `Recovered` event; false when stopping or the broker is gone.
+    async fn wait_for_recovery(&self, events: &mut tokio::sync::broadcast::Receiver<ConnectionEvent>) -> bool {
+        loop {
+            tokio::select! {
+                () = self.stopping.cancelled() => return false,
+                event = events.recv() => match event {
+                    Ok(ConnectionEvent::Recovered) | Err(RecvError::Lagged(_)) => return true,
+                    Ok(_) => {}
+                    Err(RecvError::Closed) => return false,
+                },
+            }
+        }
+    }
+
+    /// Declares and consumes again, retrying with a growing delay until it works or
+    /// the consumer stops.
+    async fn resubscribe(&self) -> Option<crate::broker::Consumer> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.subscribe().await {
+                Ok(consumer) => {
+                    tracing::info!(queue = %self.queue, "consuming again");
+                    return Some(consumer);
+                }
+                Err(err) => tracing::warn!(queue = %self.queue, %err, "could not consume again; retrying in {delay:?}"),
+            }
+            tokio::select! {
+                () = self.stopping.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn current_control(&self) -> Option<Arc<dyn ConsumerControl>> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Graceful: no new deliveries; deliveries whose work has not started are
+    /// requeued by their handlers; waits for the rest to settle, then closes the
+    /// consumer's channel so anything still unacknowledged goes back at once.
+    pub(crate) async fn stop(&self) {
+        self.stopping.cancel();
+        let control = self.current_control();
+        if let Some(control) = &control
+            && let Err(err) = control.cancel().await
+        {
+            tracing::debug!(queue = %self.queue, %err, "cancelling the consumer failed");
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Some(control) = control {
+            control.close().await;
+        }
+        let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(run) = run {
+            run.abort();
+        }
+    }
+
+    /// Ungraceful: closes the consumer now; unacknowledged deliveries return to the
+    /// queue.
+    pub(crate) fn kill(&self) {
+        self.stopping.cancel();
+        if let Some(run) = self.run.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            run.abort();
+        }
+        if let Some(control) = self.current_control() {
+            tokio::spawn(async move { control.close().await });
+        }
+    }
+}
+
+impl std::fmt::Debug for QueueConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueConsumer")
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}

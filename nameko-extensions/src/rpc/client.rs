@@ -1,0 +1,343 @@
+//! The caller's side of RPC: a reply listener and the client that publishes requests
+//! and matches replies by correlation id.
+
+use std::{
+    collections::HashMap,
+    future::{Future, IntoFuture},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use nameko_core::{ContextData, RemoteError};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{RpcArgs, RpcError};
+use crate::{
+    broker::{
+        Binding, Delivery, Exchange, Properties, Publish, PublishOutcome, Queue, SharedBroker, Topology, expiration_for,
+    },
+    consumer::{DeliveryHandler, QueueConsumer},
+    context::headers_from_context,
+};
+
+/// How long a reply queue outlives its last consumer (Nameko's `x-expires`).
+pub const REPLY_QUEUE_EXPIRES: Duration = Duration::from_secs(300);
+
+type Pending = Mutex<HashMap<String, oneshot::Sender<Result<Value, RpcError>>>>;
+
+/// Receives replies on one reply queue and hands them to waiting calls. Never waits
+/// for worker slots: nested calls cannot deadlock.
+struct Replies {
+    pending: Pending,
+}
+
+impl DeliveryHandler for Replies {
+    fn handle(&self, delivery: Delivery, _stopping: CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let waiter = delivery
+            .properties
+            .correlation_id
+            .as_deref()
+            .and_then(|id| self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(id));
+        Box::pin(async move {
+            match waiter {
+                Some(waiter) => {
+                    let _ = waiter.send(decode_reply(&delivery.body));
+                }
+                None => tracing::debug!(
+                    correlation_id = ?delivery.properties.correlation_id,
+                    "dropping a reply nobody waits for"
+                ),
+            }
+            if let Err(err) = delivery.ack().await {
+                tracing::debug!(%err, "could not ack a reply");
+            }
+        })
+    }
+}
+
+fn decode_reply(body: &[u8]) -> Result<Value, RpcError> {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        #[serde(default)]
+        result: Value,
+        #[serde(default)]
+        error: Option<RemoteError>,
+    }
+    let reply: Reply = serde_json::from_slice(body).map_err(|err| RpcError::Decode(format!("bad reply: {err}")))?;
+    match reply.error {
+        Some(error) => Err(RpcError::Remote(Box::new(error))),
+        None => Ok(reply.result),
+    }
+}
+
+/// Publishes RPC requests and waits for their replies on a reply queue of its own
+/// (`rpc.reply-<name>-<uuid>`, bound to the RPC exchange with the uuid). Cheap to
+/// clone; used by the RPC dependencies and by standalone callers.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    broker: SharedBroker,
+    exchange: String,
+    reply_to: String,
+    replies: Arc<Replies>,
+    consumer: Arc<QueueConsumer>,
+    default_timeout: Option<Duration>,
+}
+
+impl RpcClient {
+    /// Declares a reply queue named for `name` on the RPC `exchange` and starts
+    /// listening. `default_timeout` applies to calls that set none.
+    ///
+    /// # Errors
+    ///
+    /// When the broker refuses the declare or the consumer.
+    pub async fn start(
+        broker: SharedBroker,
+        exchange: &str,
+        name: &str,
+        default_timeout: Option<Duration>,
+    ) -> Result<Self, crate::broker::BrokerError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let queue = format!("rpc.reply-{name}-{id}");
+        let topology = Topology::new()
+            .exchange(Exchange::topic(exchange))
+            .queue(Queue::durable(&queue).expires(REPLY_QUEUE_EXPIRES))
+            .binding(Binding::new(exchange, &queue, &id));
+        let replies = Arc::new(Replies {
+            pending: Mutex::default(),
+        });
+        let consumer = QueueConsumer::new(Arc::clone(&broker), topology, queue, 0);
+        consumer.start(Arc::clone(&replies) as Arc<dyn DeliveryHandler>).await?;
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                broker,
+                exchange: exchange.to_owned(),
+                reply_to: id,
+                replies,
+                consumer,
+                default_timeout,
+            }),
+        })
+    }
+
+    /// The reply queue's name.
+    pub fn reply_queue(&self) -> &str {
+        self.inner.consumer.queue()
+    }
+
+    /// The default timeout of calls.
+    pub fn default_timeout(&self) -> Option<Duration> {
+        self.inner.default_timeout
+    }
+
+    /// Calls `service.method` and waits for the reply.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError`]: the remote error, an unknown service, a timeout, a transport
+    /// failure.
+    pub async fn call(
+        &self,
+        service: &str,
+        method: &str,
+        args: RpcArgs,
+        data: &ContextData,
+        timeout: Option<Duration>,
+    ) -> Result<Value, RpcError> {
+        self.call_async(service, method, args, data, timeout).await?.await
+    }
+
+    /// Publishes a call to `service.method` and returns once it is routed; await the
+    /// returned [`RpcReply`] for the result. Several calls can be in flight at once.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::UnknownService`] when no service listens, [`RpcError::InvalidTarget`]
+    /// for names that cannot be routed, [`RpcError::Transport`] when the publish fails.
+    pub async fn call_async(
+        &self,
+        service: &str,
+        method: &str,
+        args: RpcArgs,
+        data: &ContextData,
+        timeout: Option<Duration>,
+    ) -> Result<RpcReply, RpcError> {
+        for (what, name) in [("service", service), ("method", method)] {
+            if name.is_empty() || name.contains('.') {
+                return Err(RpcError::InvalidTarget(format!(
+                    "the {what} name `{name}` cannot be routed: it must be non-empty and contain no dots"
+                )));
+            }
+        }
+        let timeout = timeout.or(self.inner.default_timeout);
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let mut properties = Properties::json(headers_from_context(data));
+        properties.correlation_id = Some(correlation_id.clone());
+        properties.reply_to = Some(self.inner.reply_to.clone());
+        properties.expiration = timeout.map(expiration_for);
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .replies
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(correlation_id.clone(), tx);
+        let forget = || {
+            self.inner
+                .replies
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&correlation_id);
+        };
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let message = Publish {
+            exchange: self.inner.exchange.clone(),
+            routing_key: format!("{service}.{method}"),
+            mandatory: true,
+            properties,
+            body: Bytes::from(args.to_body()),
+        };
+        match self.inner.broker.publish(message).await {
+            Ok(PublishOutcome::Routed) => {}
+            Ok(PublishOutcome::Returned { .. }) => {
+                forget();
+                return Err(RpcError::UnknownService(service.to_owned()));
+            }
+            Ok(PublishOutcome::Nacked) => {
+                forget();
+                return Err(RpcError::Transport("the broker refused the request (nack)".into()));
+            }
+            Ok(PublishOutcome::ChannelClosed) => {
+                forget();
+                return Err(RpcError::Transport(
+                    "the channel closed before the request was confirmed".into(),
+                ));
+            }
+            Err(err) => {
+                forget();
+                return Err(RpcError::Transport(err.to_string()));
+            }
+        }
+        Ok(RpcReply {
+            rx,
+            deadline,
+            timeout,
+            target: format!("{service}.{method}"),
+            correlation_id,
+            client: self.clone(),
+        })
+    }
+
+    /// Stops listening for replies; calls still waiting fail.
+    pub async fn stop(&self) {
+        self.inner.consumer.stop().await;
+        self.inner
+            .replies
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Stops listening now.
+    pub fn kill(&self) {
+        self.inner.consumer.kill();
+        self.inner
+            .replies
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("exchange", &self.inner.exchange)
+            .field("reply_queue", &self.reply_queue())
+            .field("default_timeout", &self.inner.default_timeout)
+            .finish()
+    }
+}
+
+/// A published call: await it for the result.
+#[must_use = "a reply does nothing unless awaited"]
+pub struct RpcReply {
+    rx: oneshot::Receiver<Result<Value, RpcError>>,
+    deadline: Option<tokio::time::Instant>,
+    timeout: Option<Duration>,
+    target: String,
+    correlation_id: String,
+    client: RpcClient,
+}
+
+impl RpcReply {
+    /// The call's correlation id.
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// Waits for the reply.
+    ///
+    /// # Errors
+    ///
+    /// The remote error, [`RpcError::Timeout`] past the deadline, or
+    /// [`RpcError::Transport`] when the reply listener stopped.
+    pub async fn result(self) -> Result<Value, RpcError> {
+        let Self {
+            rx,
+            deadline,
+            timeout,
+            target,
+            correlation_id,
+            client,
+        } = self;
+        let received = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(received) => received,
+                Err(_) => {
+                    client
+                        .inner
+                        .replies
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&correlation_id);
+                    return Err(RpcError::Timeout {
+                        target,
+                        after: timeout.unwrap_or_default(),
+                    });
+                }
+            },
+            None => rx.await,
+        };
+        received.unwrap_or_else(|_| Err(RpcError::Transport("the reply listener stopped".into())))
+    }
+}
+
+impl IntoFuture for RpcReply {
+    type Output = Result<Value, RpcError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.result())
+    }
+}
+
+impl std::fmt::Debug for RpcReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcReply")
+            .field("target", &self.target)
+            .field("correlation_id", &self.correlation_id)
+            .finish()
+    }
+}

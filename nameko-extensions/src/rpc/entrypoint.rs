@@ -1,0 +1,364 @@
+//! The service's side of RPC: the [`Rpc`] entrypoint and the consumer all of a
+//! service's RPC entrypoints share.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    marker::PhantomData,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use nameko_core::{Binding, ContextData, Entrypoint, Extension, RemoteError, SetupContext, SetupError, WorkerError};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{FromRpcArgs, RpcArgs, rpc_queue};
+use crate::{
+    broker::{
+        Binding as QueueBinding, Delivery, Exchange, Headers, Properties, Publish, PublishOutcome, Queue, SharedBroker,
+        Topology,
+    },
+    consumer::{DeliveryHandler, QueueConsumer},
+    context::context_from_headers,
+    transport,
+};
+
+/// The outcome of handling one request.
+enum Handled {
+    Reply(Result<Value, RemoteError>),
+    /// The worker never ran (stopping) or was killed: the request goes back.
+    Requeue,
+}
+
+/// One RPC method, its types erased.
+trait RpcMethod: Send + Sync {
+    fn handle(
+        &self,
+        args: RpcArgs,
+        data: ContextData,
+        stopping: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = Handled> + Send>>;
+}
+
+struct Method<Req, Resp> {
+    binding: Binding<Req, Resp>,
+}
+
+impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> RpcMethod for Method<Req, Resp> {
+    fn handle(
+        &self,
+        args: RpcArgs,
+        data: ContextData,
+        stopping: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = Handled> + Send>> {
+        let binding = self.binding.clone();
+        Box::pin(async move {
+            // Decoded before a worker slot is taken: bad calls never hold one.
+            let request = match Req::from_rpc_args(args, binding.info().method()) {
+                Ok(request) => request,
+                Err(err) => return Handled::Reply(Err(err)),
+            };
+            let handle = tokio::select! {
+                biased;
+                () = stopping.cancelled() => return Handled::Requeue,
+                handle = binding.spawn(request, data) => match handle {
+                    Ok(handle) => handle,
+                    Err(_) => return Handled::Requeue,
+                },
+            };
+            match handle.await {
+                Ok(value) => Handled::Reply(
+                    serde_json::to_value(value).map_err(|err| RemoteError::unserializable_value(&format!("{err}"))),
+                ),
+                Err(WorkerError::Killed | WorkerError::NotStarted(_)) => Handled::Requeue,
+                Err(err) => Handled::Reply(Err(err.to_remote_error())),
+            }
+        })
+    }
+}
+
+/// Consumes `rpc-<service>` for every RPC entrypoint of one service.
+pub(super) struct RpcConsumer {
+    service: &'static str,
+    broker: SharedBroker,
+    exchange: String,
+    methods: Mutex<HashMap<&'static str, Arc<dyn RpcMethod>>>,
+    consumer: Arc<QueueConsumer>,
+    started: tokio::sync::OnceCell<()>,
+    registered: Mutex<usize>,
+}
+
+impl RpcConsumer {
+    fn new(service: &'static str, broker: SharedBroker, exchange: String, prefetch: u16) -> Self {
+        let queue = rpc_queue(service);
+        let topology = Topology::new()
+            .exchange(Exchange::topic(&exchange))
+            .queue(Queue::durable(&queue))
+            .binding(QueueBinding::new(&exchange, &queue, format!("{service}.*")));
+        let consumer = QueueConsumer::new(Arc::clone(&broker), topology, queue, prefetch);
+        Self {
+            service,
+            broker,
+            exchange,
+            methods: Mutex::default(),
+            consumer,
+            started: tokio::sync::OnceCell::new(),
+            registered: Mutex::new(0),
+        }
+    }
+
+    fn register(&self, method: &'static str, handler: Arc<dyn RpcMethod>) {
+        self.methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(method, handler);
+        *self.registered.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    async fn start(self: &Arc<Self>) -> Result<(), SetupError> {
+        self.started
+            .get_or_try_init(|| async {
+                let handler = Arc::new(Requests {
+                    consumer: Arc::clone(self),
+                });
+                self.consumer.start(handler).await.map_err(|err| {
+                    SetupError::with_source(format!("could not consume `{}`", self.consumer.queue()), err)
+                })
+            })
+            .await
+            .map(drop)
+    }
+
+    /// One entrypoint stopped; the last one stops the consumer.
+    async fn unregister(&self) {
+        let last = {
+            let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+            *registered = registered.saturating_sub(1);
+            *registered == 0
+        };
+        if last {
+            self.consumer.stop().await;
+        }
+    }
+
+    fn method(&self, name: &str) -> Option<Arc<dyn RpcMethod>> {
+        self.methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    async fn reply(&self, request: &Delivery, reply_to: &str, result: Result<Value, RemoteError>) -> bool {
+        let (result, error) = match result {
+            Ok(value) => (value, None),
+            Err(err) => (Value::Null, Some(err)),
+        };
+        #[derive(Serialize)]
+        struct Reply {
+            result: Value,
+            error: Option<RemoteError>,
+        }
+        let body = serde_json::to_vec(&Reply { result, error }).expect("JSON values always serialize");
+        let mut properties = Properties::json(Headers::new());
+        properties.correlation_id = request.properties.correlation_id.clone();
+        let message = Publish {
+            exchange: self.exchange.clone(),
+            routing_key: reply_to.to_owned(),
+            mandatory: false,
+            properties,
+            body: Bytes::from(body),
+        };
+        match self.broker.publish(message).await {
+            Ok(PublishOutcome::Routed | PublishOutcome::Returned { .. }) => true,
+            Ok(outcome) => {
+                tracing::error!(
+                    ?outcome,
+                    "the RPC reply was not confirmed; the request will be redelivered"
+                );
+                false
+            }
+            Err(err) => {
+                tracing::error!(%err, "could not publish the RPC reply; the request will be redelivered");
+                false
+            }
+        }
+    }
+
+    async fn handle(&self, delivery: Delivery, stopping: CancellationToken) {
+        let method = delivery
+            .routing_key
+            .strip_prefix(self.service)
+            .and_then(|rest| rest.strip_prefix('.'));
+        let reply_to = delivery.properties.reply_to.clone().filter(|r| !r.is_empty());
+        let checked = check_request(&delivery).and_then(|args| {
+            let name = method.unwrap_or(delivery.routing_key.as_str());
+            let handler = method
+                .and_then(|m| self.method(m))
+                .ok_or_else(|| RemoteError::method_not_found(name))?;
+            Ok((handler, args))
+        });
+        let Some(reply_to) = reply_to else {
+            tracing::warn!(
+                routing_key = %delivery.routing_key,
+                "rejecting an RPC request without `reply_to`: nobody could read its reply"
+            );
+            settle(delivery.reject(false).await);
+            return;
+        };
+        let handled = match checked {
+            Err(err) => {
+                tracing::warn!(routing_key = %delivery.routing_key, error = %err, "bad RPC request");
+                Handled::Reply(Err(err))
+            }
+            Ok((handler, args)) => {
+                let data = context_from_headers(delivery.properties.headers.as_ref());
+                handler.handle(args, data, stopping).await
+            }
+        };
+        match handled {
+            Handled::Requeue => settle(delivery.nack(true).await),
+            Handled::Reply(result) => {
+                if self.reply(&delivery, &reply_to, result).await {
+                    settle(delivery.ack().await);
+                } else {
+                    settle(delivery.nack(true).await);
+                }
+            }
+        }
+    }
+}
+
+/// Checks content type and body; returns the arguments.
+fn check_request(delivery: &Delivery) -> Result<RpcArgs, RemoteError> {
+    match delivery.properties.content_type.as_deref() {
+        Some("application/json") => RpcArgs::from_body(&delivery.body),
+        Some(other) => Err(RemoteError::malformed_request(&format!(
+            "unsupported content type `{other}`; this service accepts `application/json`"
+        ))),
+        None => Err(RemoteError::malformed_request("Message missing `content_type`")),
+    }
+}
+
+fn settle(result: Result<crate::broker::AckOutcome, crate::broker::BrokerError>) {
+    match result {
+        Ok(crate::broker::AckOutcome::Done) => {}
+        Ok(crate::broker::AckOutcome::Stale) => {
+            tracing::info!("acknowledgement was stale: the broker will redeliver the message");
+        }
+        Err(err) => tracing::warn!(%err, "could not settle a message; the broker will redeliver it"),
+    }
+}
+
+struct Requests {
+    consumer: Arc<RpcConsumer>,
+}
+
+impl DeliveryHandler for Requests {
+    fn handle(&self, delivery: Delivery, stopping: CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let consumer = Arc::clone(&self.consumer);
+        Box::pin(async move { consumer.handle(delivery, stopping).await })
+    }
+}
+
+// ===== Rpc =====
+
+/// The `rpc` entrypoint: serves a method to Nameko RPC callers.
+///
+/// `Req` is what the method takes — decoded from `{"args", "kwargs"}` with
+/// [`FromRpcArgs`] before a worker slot is taken — and `Resp` what it returns,
+/// serialized as the reply's `result`. Every RPC entrypoint of a service shares one
+/// consumer on `rpc-<service>`, with prefetch `max_workers`.
+pub struct Rpc<Req, Resp> {
+    binding: Option<Binding<Req, Resp>>,
+    consumer: Option<Arc<RpcConsumer>>,
+    _marker: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp> Rpc<Req, Resp> {
+    /// An RPC entrypoint.
+    pub const fn new() -> Self {
+        Self {
+            binding: None,
+            consumer: None,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> Default for Rpc<Req, Resp> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Rpc<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rpc")
+            .field("binding", &self.binding)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for Rpc<Req, Resp> {
+    async fn setup(&mut self, cx: &mut SetupContext<'_>) -> Result<(), SetupError> {
+        let broker = transport::broker(cx)?;
+        let binding = self
+            .binding
+            .clone()
+            .ok_or_else(|| SetupError::new("the rpc entrypoint was not bound"))?;
+        let service = cx.service_name();
+        if service.contains('.') {
+            return Err(SetupError::new(format!(
+                "service name `{service}` contains a dot: RPC routing keys are `<service>.<method>`, so it could never be called"
+            )));
+        }
+        let method = binding.info().method();
+        if method.contains('.') {
+            return Err(SetupError::new(format!(
+                "method name `{method}` contains a dot: it could never be called"
+            )));
+        }
+        let exchange = cx.config().rpc_exchange().to_owned();
+        let prefetch = u16::try_from(cx.config().max_workers()).unwrap_or(u16::MAX);
+        let consumer = cx.shared().get_or_insert_with(&format!("rpc-consumer/{service}"), || {
+            RpcConsumer::new(service, broker, exchange, prefetch)
+        });
+        consumer.register(method, Arc::new(Method { binding }));
+        self.consumer = Some(consumer);
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<(), SetupError> {
+        match &self.consumer {
+            Some(consumer) => consumer.start().await,
+            None => Err(SetupError::new("the rpc entrypoint was not set up")),
+        }
+    }
+
+    async fn stop(&self) {
+        if let Some(consumer) = &self.consumer {
+            consumer.unregister().await;
+        }
+    }
+
+    fn kill(&self) {
+        if let Some(consumer) = &self.consumer {
+            consumer.consumer.kill();
+        }
+    }
+}
+
+impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Entrypoint for Rpc<Req, Resp> {
+    type Request = Req;
+    type Response = Resp;
+    const KIND: &'static str = "rpc";
+
+    fn bind(&mut self, binding: Binding<Req, Resp>) {
+        self.binding = Some(binding);
+    }
+}

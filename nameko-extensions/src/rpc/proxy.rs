@@ -1,0 +1,300 @@
+//! RPC from inside a service: the [`ClusterRpc`] and [`ServiceRpc`] dependencies.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use nameko_core::{BoxError, Dependency, DependencyProvider, SetupContext, SetupError, WorkerContext};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::{RpcArgs, RpcClient, RpcError, RpcReply};
+use crate::transport;
+
+/// The timeout of calls made by the RPC dependencies unless the config's
+/// `rpc_timeout` (seconds; `0` waits forever) or the field's `timeout` argument says
+/// otherwise.
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl From<Value> for RpcArgs {
+    /// A list is positional arguments, an object keyword arguments, null no
+    /// arguments, and anything else one positional argument.
+    fn from(value: Value) -> Self {
+        match value {
+            Value::Null => Self::default(),
+            Value::Array(args) => Self::positional(args),
+            Value::Object(kwargs) => Self::keywords(kwargs),
+            other => Self::positional([other]),
+        }
+    }
+}
+
+/// One reply listener per service, shared by all its RPC dependencies.
+type SharedClient = OnceCell<RpcClient>;
+
+/// The service's shared client and this field's timeout.
+async fn setup_client(cx: &mut SetupContext<'_>) -> Result<(RpcClient, Option<Duration>), SetupError> {
+    let broker = transport::broker(cx)?;
+    cx.claim_config_key("rpc_timeout");
+    let timeout = match cx.arg("timeout") {
+        Some(secs) => parse_timeout(secs).map_err(|err| SetupError::new(format!("bad `timeout` argument: {err}")))?,
+        None => match cx.config().get("rpc_timeout") {
+            None => Some(DEFAULT_RPC_TIMEOUT),
+            Some(value) => match value.as_f64() {
+                Some(secs) if secs == 0.0 => None,
+                Some(secs) if secs > 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
+                _ => {
+                    return Err(SetupError::new(format!(
+                        "{}: rpc_timeout: expected a number of seconds (0 waits forever)",
+                        value.location()
+                    )));
+                }
+            },
+        },
+    };
+    let service = cx.service_name();
+    let exchange = cx.config().rpc_exchange().to_owned();
+    let cell = cx
+        .shared()
+        .get_or_insert_with::<SharedClient>(&format!("rpc-client/{service}"), OnceCell::new);
+    let client = cell
+        .get_or_try_init(|| async {
+            // No default of its own: each field passes its resolved timeout.
+            RpcClient::start(broker, &exchange, service, None)
+                .await
+                .map_err(|err| SetupError::with_source("could not start the RPC reply listener", err))
+        })
+        .await?;
+    Ok((client.clone(), timeout))
+}
+
+fn parse_timeout(secs: &str) -> Result<Option<Duration>, String> {
+    let secs: f64 = secs
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{secs}` is not a number of seconds"))?;
+    if secs == 0.0 {
+        Ok(None)
+    } else if secs > 0.0 && secs.is_finite() {
+        Ok(Some(Duration::from_secs_f64(secs)))
+    } else {
+        Err(format!("`{secs}` is not a positive number of seconds"))
+    }
+}
+
+// ===== ClusterRpc =====
+
+/// Calls any service of the cluster from a worker; the worker's context data (call id
+/// stack, trace id, user id…) travels with every call.
+///
+/// ```no_run
+/// # async fn f(rpc: nameko_extensions::rpc::ClusterRpc) -> Result<(), nameko_extensions::rpc::RpcError> {
+/// let product = rpc.call("maths", "multiply", serde_json::json!({"a": 6, "b": 7})).await?;
+/// let reply = rpc.call_async("maths", "add", serde_json::json!([1, 2])).await?;
+/// let sum = reply.await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClusterRpc {
+    client: RpcClient,
+    cx: Option<WorkerContext>,
+    timeout: Option<Duration>,
+}
+
+impl ClusterRpc {
+    /// Calls `service.method` and waits for the result.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError`].
+    pub async fn call(&self, service: &str, method: &str, args: impl Into<RpcArgs>) -> Result<Value, RpcError> {
+        self.call_async(service, method, args).await?.await
+    }
+
+    /// Publishes a call; await the reply later.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError`] when the call could not be sent.
+    pub async fn call_async(
+        &self,
+        service: &str,
+        method: &str,
+        args: impl Into<RpcArgs>,
+    ) -> Result<RpcReply, RpcError> {
+        let data = self.cx.as_ref().map(WorkerContext::outgoing_data).unwrap_or_default();
+        self.client
+            .call_async(service, method, args.into(), &data, self.timeout)
+            .await
+    }
+
+    /// The same proxy with another timeout (`None` waits forever).
+    #[must_use]
+    pub fn with_timeout(&self, timeout: Option<Duration>) -> Self {
+        Self {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// A proxy for one service.
+    #[must_use]
+    pub fn service(&self, service: &str) -> ServiceRpc {
+        ServiceRpc {
+            inner: self.clone(),
+            service: service.into(),
+        }
+    }
+
+    /// A proxy outside any worker, over `client` (standalone callers).
+    pub fn standalone(client: RpcClient) -> Self {
+        let timeout = client.default_timeout();
+        Self {
+            client,
+            cx: None,
+            timeout,
+        }
+    }
+}
+
+impl fmt::Debug for ClusterRpc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterRpc")
+            .field("client", &self.client)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The provider of [`ClusterRpc`]. Arguments: `timeout` (seconds).
+#[derive(Debug, Default)]
+pub struct ClusterRpcProvider {
+    client: Option<(RpcClient, Option<Duration>)>,
+}
+
+impl DependencyProvider for ClusterRpcProvider {
+    type Output = ClusterRpc;
+    type State = ();
+
+    async fn setup(&mut self, cx: &mut SetupContext<'_>) -> Result<(), SetupError> {
+        self.client = Some(setup_client(cx).await?);
+        Ok(())
+    }
+
+    async fn get_dependency(&self, cx: &WorkerContext) -> Result<(ClusterRpc, ()), BoxError> {
+        let (client, timeout) = self.client.clone().ok_or("the RPC provider was not set up")?;
+        Ok((
+            ClusterRpc {
+                client,
+                cx: Some(cx.clone()),
+                timeout,
+            },
+            (),
+        ))
+    }
+
+    async fn stop(&self) {
+        if let Some((client, _)) = &self.client {
+            client.stop().await;
+        }
+    }
+
+    fn kill(&self) {
+        if let Some((client, _)) = &self.client {
+            client.kill();
+        }
+    }
+}
+
+impl Dependency for ClusterRpc {
+    type Provider = ClusterRpcProvider;
+
+    fn provider() -> ClusterRpcProvider {
+        ClusterRpcProvider::default()
+    }
+}
+
+// ===== ServiceRpc =====
+
+/// Calls one service from a worker: the untyped escape hatch next to typed clients.
+/// The target is the field's `service` argument.
+#[derive(Clone, Debug)]
+pub struct ServiceRpc {
+    inner: ClusterRpc,
+    service: Arc<str>,
+}
+
+impl ServiceRpc {
+    /// The target service.
+    pub fn service_name(&self) -> &str {
+        &self.service
+    }
+
+    /// Calls `method` and waits for the result.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError`].
+    pub async fn call(&self, method: &str, args: impl Into<RpcArgs>) -> Result<Value, RpcError> {
+        self.inner.call(&self.service, method, args).await
+    }
+
+    /// Publishes a call to `method`; await the reply later.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError`] when the call could not be sent.
+    pub async fn call_async(&self, method: &str, args: impl Into<RpcArgs>) -> Result<RpcReply, RpcError> {
+        self.inner.call_async(&self.service, method, args).await
+    }
+
+    /// The same proxy with another timeout (`None` waits forever).
+    #[must_use]
+    pub fn with_timeout(&self, timeout: Option<Duration>) -> Self {
+        Self {
+            inner: self.inner.with_timeout(timeout),
+            service: Arc::clone(&self.service),
+        }
+    }
+}
+
+/// The provider of [`ServiceRpc`]. Arguments: `service` (required), `timeout`
+/// (seconds).
+#[derive(Debug, Default)]
+pub struct ServiceRpcProvider {
+    inner: ClusterRpcProvider,
+    service: Option<Arc<str>>,
+}
+
+impl DependencyProvider for ServiceRpcProvider {
+    type Output = ServiceRpc;
+    type State = ();
+
+    async fn setup(&mut self, cx: &mut SetupContext<'_>) -> Result<(), SetupError> {
+        let service = cx.arg("service").ok_or_else(|| {
+            SetupError::new("a ServiceRpc field needs the name of its service: `#[dependency(service = \"...\")]`")
+        })?;
+        self.service = Some(service.into());
+        self.inner.setup(cx).await
+    }
+
+    async fn get_dependency(&self, cx: &WorkerContext) -> Result<(ServiceRpc, ()), BoxError> {
+        let service = self.service.clone().ok_or("the RPC provider was not set up")?;
+        let (inner, ()) = self.inner.get_dependency(cx).await?;
+        Ok((ServiceRpc { inner, service }, ()))
+    }
+
+    async fn stop(&self) {
+        self.inner.stop().await;
+    }
+
+    fn kill(&self) {
+        self.inner.kill();
+    }
+}
+
+impl Dependency for ServiceRpc {
+    type Provider = ServiceRpcProvider;
+
+    fn provider() -> ServiceRpcProvider {
+        ServiceRpcProvider::default()
+    }
+}
