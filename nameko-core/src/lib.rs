@@ -1,1 +1,2 @@
 //! The transport-agnostic runtime of nameko-rs.
+pub mod config;
