@@ -73,17 +73,13 @@ impl SyntaxError {
         }
     }
 
-    /// The error located in `base` (for [`Locator::Text`]) or at `fixed`, with `what` describing
-    /// the text that failed to parse when positions inside it mean nothing.
+    /// The error located in the text (for [`Locator::Text`]) or at the fixed location, where
+    /// positions inside the short value mean little and are left out.
     pub(crate) fn into_config_error(self, locator: Locator<'_>, key_path: &str) -> ConfigError {
         let (location, message) = match (locator, self.position) {
             (Locator::Text(base), Some((line, col))) => (base.at(line, col), self.message),
             (Locator::Text(base), None) => (base.clone(), self.message),
-            (Locator::Fixed(location), Some((line, col))) => (
-                location.clone(),
-                format!("invalid YAML: {} at line {line} column {col}", self.message),
-            ),
-            (Locator::Fixed(location), None) => {
+            (Locator::Fixed(location), _) => {
                 (location.clone(), format!("invalid YAML: {}", self.message))
             }
         };
@@ -228,6 +224,19 @@ fn is_core(tag: &Tag, suffix: &str) -> bool {
         || (tag.handle.is_empty() && tag.suffix.strip_prefix("tag:yaml.org,2002:") == Some(suffix))
 }
 
+/// A tag as it would be written: `!!int`, `!env_var`, `!<tag:example.com:x>`.
+fn show_tag(tag: &Tag) -> String {
+    if tag.is_yaml_core_schema() {
+        format!("!!{}", tag.suffix)
+    } else if tag.handle == "!" {
+        format!("!{}", tag.suffix)
+    } else if tag.handle.is_empty() {
+        format!("!<{}>", tag.suffix)
+    } else {
+        format!("{}{}", tag.handle, tag.suffix)
+    }
+}
+
 fn is_local(tag: &Tag, name: &str) -> bool {
     tag.handle == "!" && tag.suffix == name
 }
@@ -267,7 +276,7 @@ impl Resolver<'_> {
                     return Err(syntax(
                         location,
                         path,
-                        format!("unsupported tag `{tag}` on a sequence"),
+                        format!("unsupported tag `{}` on a sequence", show_tag(tag)),
                     ));
                 }
                 let items = items
@@ -286,7 +295,7 @@ impl Resolver<'_> {
                     return Err(syntax(
                         location,
                         path,
-                        format!("unsupported tag `{tag}` on a mapping"),
+                        format!("unsupported tag `{}` on a mapping", show_tag(tag)),
                     ));
                 }
                 self.map(entries, location, path)
@@ -387,7 +396,7 @@ impl Resolver<'_> {
             Err(syntax(
                 location,
                 path,
-                format!("`{tag} {value}` is not {what}"),
+                format!("`{} {value}` is not {what}", show_tag(tag)),
             ))
         };
         if is_core(tag, "str") {
@@ -425,7 +434,7 @@ impl Resolver<'_> {
         Err(syntax(
             location,
             path,
-            format!("unsupported tag `{tag}` on a scalar"),
+            format!("unsupported tag `{}` on a scalar", show_tag(tag)),
         ))
     }
 

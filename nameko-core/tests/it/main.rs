@@ -1,0 +1,3 @@
+//! Integration tests of nameko-core (one binary; each module tests one area).
+
+mod config;
