@@ -387,7 +387,9 @@ impl Resolver<'_> {
             };
         };
         if is_local(tag, "env_var") {
-            return self.substituted(value, true, location, path);
+            // As in Nameko, a value without references is kept as it is, a string.
+            let reparse = value.contains("${");
+            return self.substituted(value, reparse, location, path);
         }
         if is_local(tag, "raw_env_var") {
             return self.substituted(value, false, location, path);

@@ -191,6 +191,27 @@ fn core_str_tag_is_literal() {
 }
 
 #[test]
+fn core_tags_are_honoured() {
+    let c = load(
+        "a: !!int \"12\"\nb: !!float 3\nc: !!bool \"true\"\nd: !!null ''\ne: !env_var \"5\"\n",
+        &[],
+    );
+    assert_eq!(json_of(&c, "a"), json!(12));
+    assert_eq!(json_of(&c, "b"), json!(3.0));
+    assert_eq!(json_of(&c, "c"), json!(true));
+    assert_eq!(json_of(&c, "d"), json!(null));
+    // Like Nameko, `!env_var` without a reference leaves the text a string.
+    assert_eq!(json_of(&c, "e"), json!("5"));
+    let error = try_load("a: 1\nb: !!int abc\n", &[]).expect_err("not an int");
+    assert_eq!(
+        error.to_string(),
+        "config.yaml:2:4: b: `!!int abc` is not an integer"
+    );
+    let error = try_load("b: !custom 1\n", &[]).expect_err("unknown tag");
+    assert!(error.message().contains("`!custom`"), "{error}");
+}
+
+#[test]
 fn yaml_1_2_core_schema() {
     let c = load(
         "a: yes\nb: True\nc: ~\nd:\ne: 0x1f\nf: .inf\ng: 1.5\nh: -3\ni: \"true\"\n",
@@ -343,8 +364,7 @@ fn env_known_keys_map_to_nameko_spelling() {
 }
 
 #[test]
-fn from_yaml_str_ignores_nameko_overrides_in_the_process_env() {
-    // Nothing is set in the process env here; check the origin instead.
+fn from_yaml_str_names_its_origin_string() {
     let error = Config::from_yaml_str("max_workers: lots\n").expect_err("invalid");
     assert_eq!(
         error.to_string(),
