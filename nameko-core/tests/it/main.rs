@@ -2,5 +2,6 @@
 
 mod support;
 
+mod config;
 mod lifecycle;
 mod runner;

@@ -38,16 +38,13 @@ async fn setup_client(cx: &mut SetupContext<'_>) -> Result<(RpcClient, Option<Du
         Some(secs) => parse_timeout(secs).map_err(|err| SetupError::new(format!("bad `timeout` argument: {err}")))?,
         None => match cx.config().get("rpc_timeout") {
             None => Some(DEFAULT_RPC_TIMEOUT),
-            Some(value) => match value.as_f64() {
-                Some(secs) if secs == 0.0 => None,
-                Some(secs) if secs > 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
-                _ => {
-                    return Err(SetupError::new(format!(
-                        "{}: rpc_timeout: expected a number of seconds (0 waits forever)",
-                        value.location()
-                    )));
-                }
-            },
+            Some(value) => value
+                .as_f64()
+                .ok_or_else(|| "expected a number of seconds".to_owned())
+                .and_then(seconds)
+                .map_err(|err| {
+                    SetupError::new(format!("{}: rpc_timeout: {err} (0 waits forever)", value.location()))
+                })?,
         },
     };
     let service = cx.service_name();
@@ -67,10 +64,14 @@ async fn setup_client(cx: &mut SetupContext<'_>) -> Result<(RpcClient, Option<Du
 }
 
 fn parse_timeout(secs: &str) -> Result<Option<Duration>, String> {
-    let secs: f64 = secs
-        .trim()
+    secs.trim()
         .parse()
-        .map_err(|_| format!("`{secs}` is not a number of seconds"))?;
+        .map_err(|_| format!("`{secs}` is not a number of seconds"))
+        .and_then(seconds)
+}
+
+/// A timeout in seconds; `0` means none.
+fn seconds(secs: f64) -> Result<Option<Duration>, String> {
     if secs == 0.0 {
         Ok(None)
     } else if secs > 0.0 && secs.is_finite() {
