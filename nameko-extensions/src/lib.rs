@@ -10,3 +10,4 @@ pub mod rpc;
 pub mod transport;
 
 mod consumer;
+pub mod events;

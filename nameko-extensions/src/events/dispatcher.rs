@@ -1,0 +1,188 @@
+//! [`EventDispatcher`]: publishes events to `<service>.events`.
+
+use std::{fmt, sync::Arc};
+
+use bytes::Bytes;
+use nameko_core::{
+    BoxError, Config, ContextData, Dependency, DependencyProvider, HandlerError, IntoHandlerError, RemoteError,
+    SetupContext, SetupError, WorkerContext,
+};
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+use super::events_exchange;
+use crate::{
+    broker::{Exchange, Properties, Publish, PublishOutcome, SharedBroker, Topology},
+    context::{edge_context, headers_from_context},
+    transport,
+};
+
+/// An event could not be dispatched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatchError {
+    /// The payload could not be serialized to JSON.
+    #[error("the `{event_type}` event payload could not be serialized: {message}")]
+    Serialize {
+        /// The event type.
+        event_type: String,
+        /// Why.
+        message: String,
+    },
+    /// The broker did not take the event.
+    #[error("the `{event_type}` event was not published: {message}")]
+    Transport {
+        /// The event type.
+        event_type: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl IntoHandlerError for DispatchError {
+    fn into_handler_error(self) -> HandlerError {
+        HandlerError::new(RemoteError::new("DispatchError", self.to_string())).with_source(self)
+    }
+}
+
+struct Inner {
+    broker: SharedBroker,
+    exchange: Exchange,
+    declare: bool,
+    declared: OnceCell<()>,
+}
+
+/// Dispatches events of this service to `<service>.events`, routing key = event type,
+/// with the worker's context data as `nameko.*` headers. The exchange is declared
+/// before the first publish (unless `DECLARE_EVENT_EXCHANGES: false`).
+#[derive(Clone)]
+pub struct EventDispatcher {
+    inner: Arc<Inner>,
+    cx: Option<WorkerContext>,
+}
+
+impl EventDispatcher {
+    /// A dispatcher outside any worker that claims to be `service` (Nameko's
+    /// standalone `event_dispatcher`). It sends only a fresh trace id as context.
+    pub fn standalone(broker: SharedBroker, service: &str, config: &Config) -> Self {
+        Self {
+            inner: Arc::new(Inner::new(broker, service, config)),
+            cx: None,
+        }
+    }
+
+    /// The exchange events go to.
+    pub fn exchange(&self) -> &str {
+        &self.inner.exchange.name
+    }
+
+    /// Publishes `payload` as event `event_type`, waiting for the broker's confirm.
+    /// An event nobody listens to is dropped by the broker, as in Nameko.
+    ///
+    /// # Errors
+    ///
+    /// [`DispatchError`] when the payload does not serialize or the broker does not
+    /// confirm the publish.
+    pub async fn dispatch<T: Serialize + ?Sized>(&self, event_type: &str, payload: &T) -> Result<(), DispatchError> {
+        let body = serde_json::to_vec(payload).map_err(|err| DispatchError::Serialize {
+            event_type: event_type.to_owned(),
+            message: err.to_string(),
+        })?;
+        let transport = |message: String| DispatchError::Transport {
+            event_type: event_type.to_owned(),
+            message,
+        };
+        let inner = &*self.inner;
+        if inner.declare {
+            let topology = Topology::new().exchange(inner.exchange.clone());
+            inner
+                .declared
+                .get_or_try_init(|| inner.broker.declare(&topology))
+                .await
+                .map_err(|err| transport(err.to_string()))?;
+        }
+        let data: ContextData = match &self.cx {
+            Some(cx) => cx.outgoing_data(),
+            None => edge_context(),
+        };
+        let message = Publish {
+            exchange: inner.exchange.name.clone(),
+            routing_key: event_type.to_owned(),
+            mandatory: false,
+            properties: Properties::json(headers_from_context(&data)),
+            body: Bytes::from(body),
+        };
+        match inner.broker.publish(message).await {
+            Ok(PublishOutcome::Routed | PublishOutcome::Returned { .. }) => Ok(()),
+            Ok(PublishOutcome::Nacked) => Err(transport("the broker refused it (nack)".into())),
+            Ok(PublishOutcome::ChannelClosed) => Err(transport("the channel closed before the confirm".into())),
+            Err(err) => Err(transport(err.to_string())),
+        }
+    }
+}
+
+impl Inner {
+    fn new(broker: SharedBroker, service: &str, config: &Config) -> Self {
+        let flag = |key: &str| config.get(key).and_then(|v| v.as_bool());
+        let mut exchange = Exchange::topic(events_exchange(service));
+        exchange.auto_delete = flag("AUTO_DELETE_EVENT_EXCHANGES").unwrap_or(false);
+        Self {
+            broker,
+            exchange,
+            declare: flag("DECLARE_EVENT_EXCHANGES") != Some(false),
+            declared: OnceCell::new(),
+        }
+    }
+}
+
+impl fmt::Debug for EventDispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventDispatcher")
+            .field("exchange", &self.inner.exchange.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The provider of [`EventDispatcher`].
+#[derive(Default)]
+pub struct EventDispatcherProvider {
+    inner: Option<Arc<Inner>>,
+}
+
+impl fmt::Debug for EventDispatcherProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventDispatcherProvider")
+            .field("exchange", &self.inner.as_ref().map(|i| &i.exchange.name))
+            .finish()
+    }
+}
+
+impl DependencyProvider for EventDispatcherProvider {
+    type Output = EventDispatcher;
+    type State = ();
+
+    async fn setup(&mut self, cx: &mut SetupContext<'_>) -> Result<(), SetupError> {
+        let broker = transport::broker(cx)?;
+        self.inner = Some(Arc::new(Inner::new(broker, cx.service_name(), cx.config())));
+        Ok(())
+    }
+
+    async fn get_dependency(&self, cx: &WorkerContext) -> Result<(EventDispatcher, ()), BoxError> {
+        let inner = self.inner.clone().ok_or("the event dispatcher was not set up")?;
+        Ok((
+            EventDispatcher {
+                inner,
+                cx: Some(cx.clone()),
+            },
+            (),
+        ))
+    }
+}
+
+impl Dependency for EventDispatcher {
+    type Provider = EventDispatcherProvider;
+
+    fn provider() -> EventDispatcherProvider {
+        EventDispatcherProvider::default()
+    }
+}
