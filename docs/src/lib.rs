@@ -3,3 +3,9 @@
 
 #[doc = include_str!("../guide/configuration.md")]
 pub mod configuration {}
+
+#[doc = include_str!("../guide/rpc.md")]
+pub mod rpc {}
+
+#[doc = include_str!("../guide/events.md")]
+pub mod events {}

@@ -55,6 +55,8 @@
 
 #[doc(inline)]
 pub use nameko_core as core;
+#[doc(inline)]
+pub use nameko_extensions::{broker, context, events, memory, rpc};
 
 /// The everyday names: `use nameko::prelude::*;`.
 pub mod prelude {

@@ -1,0 +1,6 @@
+//! Integration tests of nameko-extensions: one binary, one module per area.
+
+mod support;
+
+mod events;
+mod rpc;
