@@ -5,3 +5,4 @@
 //! [`nameko_core`], exactly as a third-party extension would be.
 
 pub mod broker;
+pub mod memory;
