@@ -3,11 +3,21 @@
 //! Transports (the broker trait, the in-memory broker and RabbitMQ), RPC, events, HTTP,
 //! websockets and timers are written here against the public traits of
 //! [`nameko_core`], exactly as a third-party extension would be.
+//!
+//! | module | what it is |
+//! | --- | --- |
+//! | [`broker`] | the broker trait: the AMQP model every messaging feature is written against |
+//! | [`memory`] | the in-memory broker (`--transport memory`, and tests) |
+//! | [`rpc`] | the `rpc` entrypoint, RPC clients and dependencies |
+//! | [`events`] | the `event_handler` entrypoint and the event dispatcher |
+//! | [`context`] | context data as `nameko.*` headers |
+//! | [`transport`] | how extensions find the runner's broker |
 
 pub mod broker;
 pub mod context;
+pub mod events;
+pub mod memory;
 pub mod rpc;
 pub mod transport;
 
 mod consumer;
-pub mod events;
