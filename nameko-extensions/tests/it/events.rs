@@ -17,13 +17,20 @@ use crate::support::{Seen, deps, eventually, runner};
 
 // ----- greeting: dispatches `greeted` -----
 
-deps!(Greeting, GreetingProviders { dispatch: EventDispatcher });
+deps!(
+    Greeting,
+    GreetingProviders {
+        dispatch: EventDispatcher
+    }
+);
 
 struct Name(String);
 
 impl nameko_extensions::rpc::FromRpcArgs for Name {
     fn from_rpc_args(args: RpcArgs, method: &str) -> Result<Self, RemoteError> {
-        let value = args.bind(method, &[nameko_extensions::rpc::Param::required("name")])?.remove(0);
+        let value = args
+            .bind(method, &[nameko_extensions::rpc::Param::required("name")])?
+            .remove(0);
         Ok(Name(nameko_extensions::rpc::decode_arg(method, "name", value)?))
     }
 }
@@ -32,10 +39,14 @@ impl Service for Greeting {
     const NAME: &'static str = "greeting";
 
     fn entrypoints(e: &mut Entrypoints<Self>) {
-        e.add("greet", Rpc::<Name, String>::new(), |w: Greeting, Name(name)| async move {
-            w.dispatch.dispatch("greeted", &json!({ "name": name })).await?;
-            Ok::<_, nameko_extensions::events::DispatchError>(format!("Hi, {name}!"))
-        });
+        e.add(
+            "greet",
+            Rpc::<Name, String>::new(),
+            |w: Greeting, Name(name)| async move {
+                w.dispatch.dispatch("greeted", &json!({ "name": name })).await?;
+                Ok::<_, nameko_extensions::events::DispatchError>(format!("Hi, {name}!"))
+            },
+        );
     }
 }
 
@@ -47,11 +58,16 @@ impl Service for Listen {
     const NAME: &'static str = "listen";
 
     fn entrypoints(e: &mut Entrypoints<Self>) {
-        e.add("pool", EventHandler::<Value>::new("greeting", "greeted"), |w: Listen, body| async move {
-            w.seen.push("listen.pool", body);
-            w.seen.push("listen.pool.parent", json!(w.cx.immediate_parent_call_id()));
-            Ok::<_, RemoteError>(())
-        })
+        e.add(
+            "pool",
+            EventHandler::<Value>::new("greeting", "greeted"),
+            |w: Listen, body| async move {
+                w.seen.push("listen.pool", body);
+                w.seen
+                    .push("listen.pool.parent", json!(w.cx.immediate_parent_call_id()));
+                Ok::<_, RemoteError>(())
+            },
+        )
         .add(
             "everyone",
             EventHandler::<Value>::new("greeting", "greeted").handler_type(HandlerType::Broadcast),
@@ -100,7 +116,12 @@ async fn two_instances(broker: &MemoryBroker) -> Vec<(RunningServices, Arc<Seen>
     let mut instances = Vec::new();
     for _ in 0..2 {
         let (runner, seen) = runner(broker, "");
-        let running = runner.with_service::<Listen>().with_service::<Audit>().start().await.unwrap();
+        let running = runner
+            .with_service::<Listen>()
+            .with_service::<Audit>()
+            .start()
+            .await
+            .unwrap();
         instances.push((running, seen));
     }
     instances
@@ -125,10 +146,22 @@ async fn handler_types_decide_who_receives() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(50)).await; // let any extra delivery show up
-    assert_eq!(total(&instances, "listen.pool"), 1, "service pool: one instance of `listen`");
-    assert_eq!(total(&instances, "audit.pool"), 1, "service pool: one instance of `audit`");
+    assert_eq!(
+        total(&instances, "listen.pool"),
+        1,
+        "service pool: one instance of `listen`"
+    );
+    assert_eq!(
+        total(&instances, "audit.pool"),
+        1,
+        "service pool: one instance of `audit`"
+    );
     assert_eq!(total(&instances, "listen.everyone"), 2, "broadcast: every instance");
-    assert_eq!(total(&instances, "single"), 1, "singleton: one handler among all services");
+    assert_eq!(
+        total(&instances, "single"),
+        1,
+        "singleton: one handler among all services"
+    );
     for (_, seen) in &instances {
         for (who, body) in seen.all() {
             if !who.ends_with(".parent") {
@@ -146,24 +179,41 @@ async fn queue_names_and_flags_follow_the_reference() {
     let broker = MemoryBroker::new();
     let instances = two_instances(&broker).await;
     let queues = broker.list_queues();
-    let find = |name: &str| queues.iter().find(|q| q.queue.name == name).unwrap_or_else(|| panic!("no queue {name}"));
+    let find = |name: &str| {
+        queues
+            .iter()
+            .find(|q| q.queue.name == name)
+            .unwrap_or_else(|| panic!("no queue {name}"))
+    };
     let pool = find("evt-greeting-greeted--listen.pool");
-    assert!(pool.queue.durable && !pool.queue.auto_delete && !pool.queue.exclusive, "reliable service pool");
+    assert!(
+        pool.queue.durable && !pool.queue.auto_delete && !pool.queue.exclusive,
+        "reliable service pool"
+    );
     let unreliable = find("evt-greeting-greeted--audit.pool");
     assert!(unreliable.queue.durable && unreliable.queue.auto_delete && !unreliable.queue.exclusive);
     let singleton = find("evt-greeting-greeted");
     assert!(singleton.queue.durable && !singleton.queue.auto_delete && !singleton.queue.exclusive);
     assert_eq!(singleton.consumers, 4, "both services of both instances share it");
-    let broadcast: Vec<_> =
-        queues.iter().filter(|q| q.queue.name.starts_with("evt-greeting-greeted--listen.everyone-")).collect();
+    let broadcast: Vec<_> = queues
+        .iter()
+        .filter(|q| q.queue.name.starts_with("evt-greeting-greeted--listen.everyone-"))
+        .collect();
     assert_eq!(broadcast.len(), 2, "one queue per instance");
     for q in broadcast {
         let id = q.queue.name.rsplit('-').next().unwrap();
         assert_eq!(id.len(), 32, "a uuid4 hex identifier");
-        assert!(q.queue.durable && q.queue.auto_delete && q.queue.exclusive, "non-reliable broadcast");
+        assert!(
+            q.queue.durable && q.queue.auto_delete && q.queue.exclusive,
+            "non-reliable broadcast"
+        );
     }
     let bindings = broker.list_bindings();
-    assert!(bindings.iter().all(|b| !b.queue.starts_with("evt-") || (b.exchange == "greeting.events" && b.routing_key == "greeted")));
+    assert!(
+        bindings
+            .iter()
+            .all(|b| !b.queue.starts_with("evt-") || (b.exchange == "greeting.events" && b.routing_key == "greeted"))
+    );
     for (running, _) in &instances {
         running.stop().await;
     }
@@ -171,9 +221,14 @@ async fn queue_names_and_flags_follow_the_reference() {
 
 #[tokio::test]
 async fn broadcast_with_reliable_delivery_needs_an_identifier() {
-    let handler = EventHandler::<Value>::new("a", "b").handler_type(HandlerType::Broadcast).reliable_delivery(true);
+    let handler = EventHandler::<Value>::new("a", "b")
+        .handler_type(HandlerType::Broadcast)
+        .reliable_delivery(true);
     let err = handler.queue("svc", "method").unwrap_err().to_string();
-    assert!(err.contains("asks for reliable delivery but has no broadcast identifier"), "{err}");
+    assert!(
+        err.contains("asks for reliable delivery but has no broadcast identifier"),
+        "{err}"
+    );
     let handler = handler.broadcast_identifier("host-1");
     let queue = handler.queue("svc", "method").unwrap();
     assert_eq!(queue.name, "evt-a-b--svc.method-host-1");
@@ -204,10 +259,14 @@ impl Service for Flaky {
                 Ok(())
             },
         )
-        .add("typed", EventHandler::<Greeted>::new("greeting", "typed"), |w: Flaky, body: Greeted| async move {
-            w.seen.push("typed", json!(body.name));
-            Ok::<_, RemoteError>(())
-        });
+        .add(
+            "typed",
+            EventHandler::<Greeted>::new("greeting", "typed"),
+            |w: Flaky, body: Greeted| async move {
+                w.seen.push("typed", json!(body.name));
+                Ok::<_, RemoteError>(())
+            },
+        );
     }
 }
 
@@ -223,7 +282,11 @@ async fn requeue_on_error_redelivers_until_it_succeeds() {
     eventually("three attempts", || seen.count("attempt") >= 3).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(seen.count("attempt"), 3);
-    let queue = broker.list_queues().into_iter().find(|q| q.queue.name == "evt-greeting-greeted--flaky.retry").unwrap();
+    let queue = broker
+        .list_queues()
+        .into_iter()
+        .find(|q| q.queue.name == "evt-greeting-greeted--flaky.retry")
+        .unwrap();
     assert_eq!((queue.ready, queue.unacked), (0, 0));
     running.stop().await;
 }
@@ -247,8 +310,16 @@ async fn an_undecodable_event_is_rejected_once() {
     eventually("the good event", || seen.count("typed") == 1).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(seen.all(), [("typed".to_owned(), json!("Eve"))]);
-    let queue = broker.list_queues().into_iter().find(|q| q.queue.name == "evt-greeting-typed--flaky.typed").unwrap();
-    assert_eq!((queue.ready, queue.unacked), (0, 0), "rejected without requeue: no hot loop");
+    let queue = broker
+        .list_queues()
+        .into_iter()
+        .find(|q| q.queue.name == "evt-greeting-typed--flaky.typed")
+        .unwrap();
+    assert_eq!(
+        (queue.ready, queue.unacked),
+        (0, 0),
+        "rejected without requeue: no hot loop"
+    );
     running.stop().await;
 }
 
@@ -256,15 +327,33 @@ async fn an_undecodable_event_is_rejected_once() {
 async fn a_dispatch_from_a_worker_carries_its_context() {
     let broker = MemoryBroker::new();
     let (runner, seen) = runner(&broker, "");
-    let running = runner.with_service::<Greeting>().with_service::<Listen>().start().await.unwrap();
-    let client = RpcClient::start(broker.shared(), "nameko-rpc", "test", Some(Duration::from_secs(5))).await.unwrap();
+    let running = runner
+        .with_service::<Greeting>()
+        .with_service::<Listen>()
+        .start()
+        .await
+        .unwrap();
+    let client = RpcClient::start(broker.shared(), "nameko-rpc", "test", Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let reply = client
-        .call("greeting", "greet", RpcArgs::from(json!(["Ada"])), &nameko_extensions::context::edge_context(), None)
+        .call(
+            "greeting",
+            "greet",
+            RpcArgs::from(json!(["Ada"])),
+            &nameko_extensions::context::edge_context(),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(reply, json!("Hi, Ada!"));
     eventually("the listener ran", || seen.count("listen.pool.parent") == 1).await;
-    let parent = seen.all().into_iter().find(|(w, _)| w == "listen.pool.parent").unwrap().1;
+    let parent = seen
+        .all()
+        .into_iter()
+        .find(|(w, _)| w == "listen.pool.parent")
+        .unwrap()
+        .1;
     assert!(parent.as_str().unwrap().starts_with("greeting.greet."), "{parent}");
     running.stop().await;
 }

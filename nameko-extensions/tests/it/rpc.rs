@@ -4,12 +4,11 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use nameko_core::{
-    ContextData, Entrypoints, RemoteError, RunningServices, Service, WorkerContext, deps::Dep,
-};
+use nameko_core::{ContextData, Entrypoints, RemoteError, RunningServices, Service, WorkerContext, deps::Dep};
 use nameko_extensions::{
     broker::{
-        Binding as QueueBinding, ConsumeOptions, Exchange, Headers, Properties, Publish, PublishOutcome, Queue, Topology,
+        Binding as QueueBinding, ConsumeOptions, Exchange, Headers, Properties, Publish, PublishOutcome, Queue,
+        Topology,
     },
     context::edge_context,
     memory::MemoryBroker,
@@ -30,8 +29,13 @@ struct Add {
 
 impl FromRpcArgs for Add {
     fn from_rpc_args(args: RpcArgs, method: &str) -> Result<Self, RemoteError> {
-        let mut values = args.bind(method, &[Param::required("a"), Param::required("b")])?.into_iter();
-        Ok(Add { a: decode_arg(method, "a", values.next().unwrap_or_default())?, b: decode_arg(method, "b", values.next().unwrap_or_default())? })
+        let mut values = args
+            .bind(method, &[Param::required("a"), Param::required("b")])?
+            .into_iter();
+        Ok(Add {
+            a: decode_arg(method, "a", values.next().unwrap_or_default())?,
+            b: decode_arg(method, "b", values.next().unwrap_or_default())?,
+        })
     }
 }
 
@@ -82,7 +86,9 @@ impl Service for Relay {
     const NAME: &'static str = "relay";
 
     fn entrypoints(e: &mut Entrypoints<Self>) {
-        e.add("stack", Rpc::<(), Value>::new(), |w: Relay, ()| async move { w.rpc.call("maths", "stack", Value::Null).await });
+        e.add("stack", Rpc::<(), Value>::new(), |w: Relay, ()| async move {
+            w.rpc.call("maths", "stack", Value::Null).await
+        });
     }
 }
 
@@ -92,21 +98,38 @@ impl Service for Front {
     const NAME: &'static str = "front";
 
     fn entrypoints(e: &mut Entrypoints<Self>) {
-        e.add("chain", Rpc::<(), Value>::new(), |w: Front, ()| async move { w.rpc.call("relay", "stack", Value::Null).await });
+        e.add("chain", Rpc::<(), Value>::new(), |w: Front, ()| async move {
+            w.rpc.call("relay", "stack", Value::Null).await
+        });
     }
 }
 
 async fn start_all(broker: &MemoryBroker, config: &str) -> RunningServices {
     let (runner, _seen) = runner(broker, config);
-    runner.with_service::<Maths>().with_service::<Relay>().with_service::<Front>().start().await.unwrap()
+    runner
+        .with_service::<Maths>()
+        .with_service::<Relay>()
+        .with_service::<Front>()
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn client(broker: &MemoryBroker) -> RpcClient {
-    RpcClient::start(broker.shared(), "nameko-rpc", "standalone_rpc_proxy", Some(Duration::from_secs(5))).await.unwrap()
+    RpcClient::start(
+        broker.shared(),
+        "nameko-rpc",
+        "standalone_rpc_proxy",
+        Some(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap()
 }
 
 async fn call(client: &RpcClient, service: &str, method: &str, args: Value) -> Result<Value, RpcError> {
-    client.call(service, method, RpcArgs::from(args), &edge_context(), None).await
+    client
+        .call(service, method, RpcArgs::from(args), &edge_context(), None)
+        .await
 }
 
 fn remote(result: Result<Value, RpcError>) -> RemoteError {
@@ -122,9 +145,18 @@ async fn a_call_gets_its_result() {
     let running = start_all(&broker, "").await;
     let client = client(&broker).await;
     assert_eq!(call(&client, "maths", "add", json!([1, 2])).await.unwrap(), json!(3));
-    assert_eq!(call(&client, "maths", "add", json!({"a": 2, "b": 5})).await.unwrap(), json!(7));
-    let args = RpcArgs { args: vec![json!(1)], kwargs: [("b".to_owned(), json!(9))].into_iter().collect() };
-    assert_eq!(client.call("maths", "add", args, &edge_context(), None).await.unwrap(), json!(10));
+    assert_eq!(
+        call(&client, "maths", "add", json!({"a": 2, "b": 5})).await.unwrap(),
+        json!(7)
+    );
+    let args = RpcArgs {
+        args: vec![json!(1)],
+        kwargs: [("b".to_owned(), json!(9))].into_iter().collect(),
+    };
+    assert_eq!(
+        client.call("maths", "add", args, &edge_context(), None).await.unwrap(),
+        json!(10)
+    );
     running.stop().await;
 }
 
@@ -135,7 +167,10 @@ async fn every_error_kind_reaches_the_caller() {
     let client = client(&broker).await;
 
     let err = remote(call(&client, "maths", "nope", json!([])).await);
-    assert_eq!((err.exc_type(), err.exc_path(), err.value()), ("MethodNotFound", "nameko.exceptions.MethodNotFound", "nope"));
+    assert_eq!(
+        (err.exc_type(), err.exc_path(), err.value()),
+        ("MethodNotFound", "nameko.exceptions.MethodNotFound", "nope")
+    );
 
     let err = remote(call(&client, "maths", "add", json!([1])).await);
     assert_eq!(err.exc_type(), "IncorrectSignature");
@@ -143,15 +178,27 @@ async fn every_error_kind_reaches_the_caller() {
 
     let err = remote(call(&client, "maths", "add", json!({"a": 1, "b": "two"})).await);
     assert_eq!(err.exc_type(), "IncorrectSignature");
-    assert!(err.value().starts_with("add() argument 'b': invalid type: string \"two\""), "{}", err.value());
+    assert!(
+        err.value()
+            .starts_with("add() argument 'b': invalid type: string \"two\""),
+        "{}",
+        err.value()
+    );
 
     let err = remote(call(&client, "maths", "fail", json!([])).await);
-    assert_eq!((err.exc_type(), err.exc_path(), err.value()), ("ValueError", "builtins.ValueError", "bad value"));
+    assert_eq!(
+        (err.exc_type(), err.exc_path(), err.value()),
+        ("ValueError", "builtins.ValueError", "bad value")
+    );
 
     let err = remote(call(&client, "maths", "boom", json!([])).await);
     assert_eq!(err.exc_type(), "WorkerPanicked");
     assert!(err.value().contains("maths exploded"));
-    assert_eq!(call(&client, "maths", "add", json!([2, 2])).await.unwrap(), json!(4), "still serving");
+    assert_eq!(
+        call(&client, "maths", "add", json!([2, 2])).await.unwrap(),
+        json!(4),
+        "still serving"
+    );
 
     let err = call(&client, "ghost", "anything", json!([])).await.unwrap_err();
     assert!(matches!(&err, RpcError::UnknownService(s) if s == "ghost"), "{err:?}");
@@ -161,10 +208,19 @@ async fn every_error_kind_reaches_the_caller() {
     assert!(matches!(err, RpcError::InvalidTarget(_)), "{err:?}");
 
     let slow = client
-        .call("maths", "slow", RpcArgs::from(json!([2000])), &edge_context(), Some(Duration::from_millis(50)))
+        .call(
+            "maths",
+            "slow",
+            RpcArgs::from(json!([2000])),
+            &edge_context(),
+            Some(Duration::from_millis(50)),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(&slow, RpcError::Timeout { target, .. } if target == "maths.slow"), "{slow:?}");
+    assert!(
+        matches!(&slow, RpcError::Timeout { target, .. } if target == "maths.slow"),
+        "{slow:?}"
+    );
     running.kill();
 }
 
@@ -174,7 +230,10 @@ async fn a_three_hop_chain_carries_the_call_id_stack() {
     let running = start_all(&broker, "").await;
     let client = client(&broker).await;
     let data = ContextData::new().with("call_id_stack", json!(["standalone_rpc_proxy.call.1"]));
-    let stack = client.call("front", "chain", RpcArgs::default(), &data, None).await.unwrap();
+    let stack = client
+        .call("front", "chain", RpcArgs::default(), &data, None)
+        .await
+        .unwrap();
     let stack: Vec<String> = serde_json::from_value(stack).unwrap();
     assert_eq!(stack.len(), 4, "{stack:?}");
     assert_eq!(stack[0], "standalone_rpc_proxy.call.1");
@@ -225,9 +284,15 @@ async fn raw_request(
         body: Bytes::copy_from_slice(body),
     };
     assert_eq!(conn.publish(message).await.unwrap(), PublishOutcome::Routed);
-    let delivery = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await.ok()?.ok()?;
+    let delivery = tokio::time::timeout(Duration::from_millis(300), consumer.next())
+        .await
+        .ok()?
+        .ok()?;
     let _ = delivery.ack().await;
-    Some((serde_json::from_slice(&delivery.body).unwrap(), delivery.properties.correlation_id.clone()))
+    Some((
+        serde_json::from_slice(&delivery.body).unwrap(),
+        delivery.properties.correlation_id.clone(),
+    ))
 }
 
 #[tokio::test]
@@ -235,21 +300,40 @@ async fn malformed_requests_get_malformed_request() {
     let broker = MemoryBroker::new();
     let (running, _seen) = start_with_seen(&broker).await;
     let cases: [(Option<&str>, &[u8], &str); 4] = [
-        (Some("application/json"), br#"{"args": []}"#, "Message missing `args` or `kwargs`"),
+        (
+            Some("application/json"),
+            br#"{"args": []}"#,
+            "Message missing `args` or `kwargs`",
+        ),
         (None, br#"{"args": [], "kwargs": {}}"#, "Message missing `content_type`"),
-        (Some("text/plain"), b"hello", "unsupported content type `text/plain`; this service accepts `application/json`"),
+        (
+            Some("text/plain"),
+            b"hello",
+            "unsupported content type `text/plain`; this service accepts `application/json`",
+        ),
         (Some("application/json"), b"{truncated", "the body is not valid JSON"),
     ];
     for (content_type, body, message) in cases {
-        let (reply, correlation_id) = raw_request(&broker, "add", content_type, true, body).await.expect("a reply");
+        let (reply, correlation_id) = raw_request(&broker, "add", content_type, true, body)
+            .await
+            .expect("a reply");
         assert_eq!(reply["result"], Value::Null);
         assert_eq!(reply["error"]["exc_type"], "MalformedRequest", "{reply}");
-        assert!(reply["error"]["value"].as_str().unwrap().starts_with(message), "{reply}");
+        assert!(
+            reply["error"]["value"].as_str().unwrap().starts_with(message),
+            "{reply}"
+        );
         assert_eq!(correlation_id.as_deref(), Some("corr-1"));
     }
-    let (reply, _) = raw_request(&broker, "add", Some("application/json"), true, br#"{"args":[1,2],"kwargs":{}}"#)
-        .await
-        .unwrap();
+    let (reply, _) = raw_request(
+        &broker,
+        "add",
+        Some("application/json"),
+        true,
+        br#"{"args":[1,2],"kwargs":{}}"#,
+    )
+    .await
+    .unwrap();
     assert_eq!(reply, json!({"result": 3, "error": null}));
     running.stop().await;
 }
@@ -258,9 +342,20 @@ async fn malformed_requests_get_malformed_request() {
 async fn a_request_without_reply_to_is_rejected_without_running() {
     let broker = MemoryBroker::new();
     let (running, seen) = start_with_seen(&broker).await;
-    let reply = raw_request(&broker, "add", Some("application/json"), false, br#"{"args":[1,2],"kwargs":{}}"#).await;
+    let reply = raw_request(
+        &broker,
+        "add",
+        Some("application/json"),
+        false,
+        br#"{"args":[1,2],"kwargs":{}}"#,
+    )
+    .await;
     assert!(reply.is_none());
-    let queue = broker.list_queues().into_iter().find(|q| q.queue.name == "rpc-maths").unwrap();
+    let queue = broker
+        .list_queues()
+        .into_iter()
+        .find(|q| q.queue.name == "rpc-maths")
+        .unwrap();
     assert_eq!((queue.ready, queue.unacked), (0, 0), "rejected, not requeued");
     assert_eq!(seen.count("add"), 0, "the method never ran");
     // And the service keeps serving.
@@ -281,7 +376,10 @@ async fn queue_names_and_flags_match_nameko() {
     let queues = broker.list_queues();
     let rpc = queues.iter().find(|q| q.queue.name == "rpc-maths").expect("rpc-maths");
     assert!(rpc.queue.durable && !rpc.queue.auto_delete && !rpc.queue.exclusive && rpc.queue.arguments.is_empty());
-    let reply = queues.iter().find(|q| q.queue.name.starts_with("rpc.reply-front-")).expect("front's reply queue");
+    let reply = queues
+        .iter()
+        .find(|q| q.queue.name.starts_with("rpc.reply-front-"))
+        .expect("front's reply queue");
     assert!(reply.queue.durable && !reply.queue.auto_delete && !reply.queue.exclusive);
     assert_eq!(reply.queue.expires_after(), Some(Duration::from_secs(300)));
     let uuid = reply.queue.name.strip_prefix("rpc.reply-front-").unwrap();
