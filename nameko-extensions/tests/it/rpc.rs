@@ -388,3 +388,81 @@ async fn queue_names_and_flags_match_nameko() {
     assert!(bindings.contains(&QueueBinding::new("nameko-rpc", &reply.queue.name, uuid)));
     running.stop().await;
 }
+
+// ----- ServiceRpc, call_async and timeouts inside a service -----
+
+deps!(
+    Caller,
+    CallerProviders {
+        maths: nameko_extensions::rpc::ServiceRpc = nameko_core::Provider::of()
+            .with_arg("service", "maths")
+            .with_arg("timeout", "0.1"),
+    }
+);
+
+impl Service for Caller {
+    const NAME: &'static str = "caller";
+
+    fn entrypoints(e: &mut Entrypoints<Self>) {
+        e.add("both", Rpc::<(), Value>::new(), |w: Caller, ()| async move {
+            // Two calls in flight at once, collected in reverse order.
+            let first = w.maths.call_async("add", json!([1, 2])).await?;
+            let second = w.maths.call_async("add", json!({"a": 3, "b": 4})).await?;
+            let (b, a) = (second.await?, first.await?);
+            Ok::<_, RpcError>(json!([a, b]))
+        })
+        .add("too_slow", Rpc::<(), Value>::new(), |w: Caller, ()| async move {
+            w.maths.call("slow", json!([2000])).await
+        });
+    }
+}
+
+#[tokio::test]
+async fn service_rpc_calls_async_and_times_out() {
+    let broker = MemoryBroker::new();
+    let (runner, _seen) = runner(&broker, "");
+    let running = runner
+        .with_service::<Maths>()
+        .with_service::<Caller>()
+        .start()
+        .await
+        .unwrap();
+    let client = client(&broker).await;
+    assert_eq!(
+        call(&client, "caller", "both", Value::Null).await.unwrap(),
+        json!([3, 7])
+    );
+    let err = remote(call(&client, "caller", "too_slow", Value::Null).await);
+    assert_eq!(err.exc_type(), "RpcTimeout");
+    assert!(err.value().contains("maths.slow"), "{}", err.value());
+    running.kill();
+}
+
+#[tokio::test]
+async fn a_service_rpc_without_a_service_fails_startup() {
+    deps!(
+        Lost,
+        LostProviders {
+            maths: nameko_extensions::rpc::ServiceRpc
+        }
+    );
+    impl Service for Lost {
+        const NAME: &'static str = "lost";
+        fn entrypoints(_: &mut Entrypoints<Self>) {}
+    }
+    let broker = MemoryBroker::new();
+    let (runner, _seen) = runner(&broker, "");
+    let err = runner.with_service::<Lost>().start().await.unwrap_err().to_string();
+    assert!(err.starts_with("service `lost`: field `maths`"), "{err}");
+    assert!(err.contains("needs the name of its service"), "{err}");
+}
+
+#[tokio::test]
+async fn without_a_broker_startup_says_how_to_give_one() {
+    let (runner, _seen) = (nameko_core::ServiceRunner::new(nameko_core::Config::default()), ());
+    let err = runner.with_service::<Relay>().start().await.unwrap_err().to_string();
+    assert!(
+        err.contains("needs a message broker") && err.contains("--transport memory"),
+        "{err}"
+    );
+}
