@@ -448,7 +448,11 @@ async fn a_service_rpc_without_a_service_fails_startup() {
     );
     impl Service for Lost {
         const NAME: &'static str = "lost";
-        fn entrypoints(_: &mut Entrypoints<Self>) {}
+        fn entrypoints(e: &mut Entrypoints<Self>) {
+            e.add("target", Rpc::<(), String>::new(), |w: Lost, ()| async move {
+                Ok::<_, RemoteError>(w.maths.service_name().to_owned())
+            });
+        }
     }
     let broker = MemoryBroker::new();
     let (runner, _seen) = runner(&broker, "");
