@@ -333,3 +333,47 @@ async fn only_entrypoints_restricts_and_checks_names() {
         .unwrap_err();
     assert!(err.to_string().contains("has no entrypoint `okay`"), "{err}");
 }
+
+/// A writer that keeps what the subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_line_a_handler_logs_carries_the_worker_span() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (container, _log) = start("").await;
+    let data = ContextData::new().with("trace_id", "trace-42");
+    let err = container.call_with::<(), String>("fail", (), data).await.unwrap_err();
+    assert!(matches!(err, CallError::Worker(WorkerError::Failed(_))));
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let failed = text
+        .lines()
+        .find(|l| l.contains("worker failed"))
+        .expect("the failure is logged");
+    assert!(
+        failed.contains("service=\"probe\"") && failed.contains("entrypoint=\"fail\""),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("call_id=\"probe.fail.") && failed.contains("trace_id=\"trace-42\""),
+        "{failed}"
+    );
+}
