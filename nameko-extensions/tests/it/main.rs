@@ -1,0 +1,3 @@
+//! The integration tests of nameko-extensions, one binary.
+
+mod conformance;
