@@ -395,8 +395,8 @@ async fn competing_consumers(h: &dyn Harness) {
     let (a, b) = (h.connect().await, h.connect().await);
     let q = h.unique("work");
     declare(&a, Topology::new().queue(transient(&q))).await;
-    let mut ca = a.consume(&q, ConsumeOptions::prefetch(1)).await.expect("consume");
-    let mut cb = b.consume(&q, ConsumeOptions::prefetch(1)).await.expect("consume");
+    let mut ca = a.consume(&q, ConsumeOptions::prefetch(0)).await.expect("consume");
+    let mut cb = b.consume(&q, ConsumeOptions::prefetch(0)).await.expect("consume");
     for i in 0..10 {
         publish(&a, "", &q, &format!("m{i:02}")).await;
     }
@@ -533,7 +533,7 @@ async fn exclusive_consumer(h: &dyn Harness) {
 async fn exclusive_queue(h: &dyn Harness) {
     let (owner, other) = (h.connect().await, h.connect().await);
     let q = h.unique("exclusive");
-    let queue = transient(&q).exclusive(true).auto_delete(true);
+    let queue = transient(&q).exclusive(true);
     declare(&owner, Topology::new().queue(queue.clone())).await;
     eventually(h, "the exclusive queue is listed", has_queue(&q)).await;
     let result = other.consume(&q, ConsumeOptions::prefetch(0)).await;
@@ -588,10 +588,10 @@ async fn queue_expires(h: &dyn Harness) {
     with_timeout("cancel", consumer.control().cancel())
         .await
         .expect("the cancel");
-    sleep(expires / 2).await;
+    sleep(expires * 3 / 4).await;
     // Redeclaring counts as a use.
     declare(&b, Topology::new().queue(transient(&q).expires(expires))).await;
-    sleep(expires / 2).await;
+    sleep(expires * 3 / 4).await;
     assert!(queue_info(h, &q).await.is_some(), "expired although redeclared");
     eventually(h, "the unused queue expired", no_queue(&q)).await;
     cleanup(&b, &[&q], &[]).await;
