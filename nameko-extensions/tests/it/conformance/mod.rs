@@ -27,9 +27,11 @@ trait Harness: Send + Sync {
     async fn connect(&self) -> SharedBroker;
     /// Simulates the loss of a connection opened by [`connect`](Self::connect).
     async fn sever(&self, connection: &SharedBroker);
-    /// Every queue of the broker (or vhost).
+    /// Every queue of the broker (or vhost), sorted by name, with its declare flags and
+    /// arguments as declared.
     async fn list_queues(&self) -> Vec<QueueInfo>;
-    /// Every binding of the broker (or vhost), the default exchange's aside.
+    /// Every binding of the broker (or vhost), the default exchange's aside, sorted by
+    /// exchange, queue and routing key.
     async fn list_bindings(&self) -> Vec<Binding>;
     /// A name no other test uses.
     fn unique(&self, prefix: &str) -> String;
