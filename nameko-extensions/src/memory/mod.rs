@@ -91,7 +91,9 @@ async fn expiry_task(inner: Weak<Inner>, mut wake: mpsc::Receiver<()>) {
             let mut state = inner.lock();
             state.expire(Instant::now());
             state.pump();
-            state.next_deadline()
+            let next = state.next_deadline();
+            state.set_scheduled(next);
+            next
         };
         match next {
             Some(deadline) => {
