@@ -17,9 +17,15 @@
 //! Where it differs from RabbitMQ:
 //! - there is one virtual host, `/`; nothing is persisted (`durable` is recorded and
 //!   compared, nothing more); queues must be named;
-//! - every consumer has a channel of its own, so a failed operation never closes
-//!   anything but itself, and closing a consumer ([`ConsumerControl::close`]) closes
-//!   only its channel;
+//! - there are no channels to lose: a failed operation returns its error and changes
+//!   nothing else; every consumer behaves as if on a channel of its own, which
+//!   [`ConsumerControl::close`] closes;
+//! - a [`Consumer`] dropped without [`close`](ConsumerControl::close) stops receiving,
+//!   but its unacknowledged deliveries stay unacknowledged until they are settled or
+//!   the connection closes (as with an AMQP client that drops a consumer but keeps
+//!   its channel);
+//! - a closed connection is gone for good: its [`events`](Broker::events) receivers
+//!   report `Closed`, and it cannot [`reconnect`](MemoryConnection::reconnect);
 //! - settling a delivery twice, or after its channel closed, is reported as
 //!   [`AckOutcome::Stale`] (RabbitMQ closes the channel with `PRECONDITION_FAILED`
 //!   "unknown delivery tag");
@@ -91,7 +97,9 @@ async fn expiry_task(inner: Weak<Inner>, mut wake: mpsc::Receiver<()>) {
             let mut state = inner.lock();
             state.expire(Instant::now());
             state.pump();
-            state.next_deadline()
+            let next = state.next_deadline();
+            state.set_scheduled(next);
+            next
         };
         match next {
             Some(deadline) => {

@@ -159,6 +159,8 @@ pub(super) struct State {
     /// Queues that may be able to deliver.
     dirty: BTreeSet<String>,
     timer: Option<Timer>,
+    /// The deadline the expiry task sleeps until, if any.
+    scheduled: Option<Instant>,
 }
 
 fn not_found_exchange(name: &str) -> BrokerError {
@@ -200,6 +202,7 @@ impl State {
             next_id: 0,
             dirty: BTreeSet::new(),
             timer: None,
+            scheduled: None,
         };
         for (name, kind) in [
             ("amq.direct", ExchangeKind::Direct),
@@ -941,7 +944,17 @@ impl State {
 
     /// Expires messages and queues due at `now`.
     pub(super) fn expire(&mut self, now: Instant) {
-        let names: Vec<String> = self.queues.keys().cloned().collect();
+        let names: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| {
+                q.messages
+                    .front()
+                    .and_then(|m| m.expires_at)
+                    .is_some_and(|at| at <= now)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in &names {
             while let Some(queue) = self.queues.get_mut(name)
                 && queue
@@ -975,16 +988,24 @@ impl State {
             .min()
     }
 
-    /// Makes sure the expiry task runs and sees the latest deadlines.
+    /// Records the deadline the expiry task sleeps until.
+    pub(super) fn set_scheduled(&mut self, deadline: Option<Instant>) {
+        self.scheduled = deadline;
+    }
+
+    /// Makes sure the expiry task runs, and wakes it when a deadline came up earlier
+    /// than the one it sleeps until.
     pub(super) fn kick_timer(&mut self) {
+        let Some(next) = self.next_deadline() else {
+            return;
+        };
         if let Some(timer) = &self.timer
             && !timer.task.is_finished()
         {
-            // Full means a wake-up is already pending.
-            let _ = timer.wake.try_send(());
-            return;
-        }
-        if self.next_deadline().is_none() {
+            if self.scheduled.is_none_or(|scheduled| next < scheduled) {
+                // Full means a wake-up is already pending.
+                let _ = timer.wake.try_send(());
+            }
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -994,6 +1015,7 @@ impl State {
         let (wake, rx) = mpsc::channel(1);
         let task = runtime.spawn(super::expiry_task(self.this.clone(), rx));
         self.timer = Some(Timer { wake, task });
+        self.scheduled = None;
     }
 
     // ---- admin ----
