@@ -408,6 +408,33 @@ impl WorkerError {
     }
 }
 
+// ===== HandlerResult =====
+
+/// What an entrypoint method returns: `Result<T, E>` with an error the framework can
+/// send (`E: IntoHandlerError`). Names `T` for generated code.
+#[diagnostic::on_unimplemented(
+    message = "an entrypoint method must return `Result<T, E>`, not `{Self}`",
+    note = "E must implement `IntoHandlerError` (derive `nameko::RemoteError`, or use `nameko::core::RemoteError`)"
+)]
+pub trait HandlerResult: Send + 'static {
+    /// The success type.
+    type Ok: Send + 'static;
+    /// The error type.
+    type Err: IntoHandlerError + Send + 'static;
+
+    /// The result itself.
+    fn into_result(self) -> Result<Self::Ok, Self::Err>;
+}
+
+impl<T: Send + 'static, E: IntoHandlerError + Send + 'static> HandlerResult for Result<T, E> {
+    type Ok = T;
+    type Err = E;
+
+    fn into_result(self) -> Result<T, E> {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -49,7 +49,8 @@ pub use self::{
     },
     entrypoint::{Binding, Entrypoint, Extension, WorkerHandle},
     error::{
-        BoxError, DependencyError, HandlerError, IntoHandlerError, RemoteError, SetupError, SpawnError, WorkerError,
+        BoxError, DependencyError, HandlerError, HandlerResult, IntoHandlerError, RemoteError, SetupError, SpawnError,
+        WorkerError,
     },
     runner::{DEFAULT_STOP_TIMEOUT, RunningServices, ServiceRunner, Shutdown},
     service::{Entrypoints, Service},

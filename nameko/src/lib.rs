@@ -67,3 +67,43 @@ pub mod prelude {
         deps::{AuthToken, Dep, Language, Lazy, Settings, UserAgent, UserId},
     };
 }
+
+/// What generated code reaches the runtime through. Not public API: it changes
+/// without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use ::async_trait::async_trait;
+    pub use ::nameko_core::{
+        Dependencies, Dependency, DependencyError, Entrypoints, HandlerError, HandlerResult, IntoHandlerError,
+        Provider, ProviderSlot, Providers, RemoteError, Service, WorkerBuilder,
+    };
+    pub use ::nameko_extensions::{
+        events::{EventHandler, HandlerType},
+        rpc::{
+            FromRpcArgs, Param, Rpc, RpcArgs, RpcEntrypoint, RpcError, RpcInterface, ServiceRpc, TypedReply,
+            decode_arg,
+        },
+    };
+    pub use ::serde::{Serialize, de::DeserializeOwned};
+    pub use ::serde_json;
+
+    /// Registers a service with `inventory` when the `registry` feature is on.
+    #[cfg(feature = "registry")]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __submit_service {
+        ($service:ty) => {
+            ::nameko::core::register_service!($service);
+        };
+    }
+
+    /// Registers a service with `inventory` when the `registry` feature is on.
+    #[cfg(not(feature = "registry"))]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __submit_service {
+        ($service:ty) => {};
+    }
+
+    pub use crate::__submit_service as submit_service;
+}

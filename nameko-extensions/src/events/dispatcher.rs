@@ -45,11 +45,54 @@ impl IntoHandlerError for DispatchError {
     }
 }
 
-struct Inner {
-    broker: SharedBroker,
-    exchange: Exchange,
-    declare: bool,
-    declared: OnceCell<()>,
+enum Inner {
+    Broker {
+        broker: SharedBroker,
+        exchange: Exchange,
+        declare: bool,
+        declared: OnceCell<()>,
+    },
+    Recording {
+        exchange: String,
+        log: DispatchLog,
+    },
+}
+
+/// What a recording [`EventDispatcher`] dispatched, for assertions in unit tests.
+#[derive(Clone, Debug, Default)]
+pub struct DispatchLog {
+    events: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl DispatchLog {
+    /// Every `(event_type, payload)` dispatched, in order.
+    pub fn events(&self) -> Vec<(String, serde_json::Value)> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether `payload` was dispatched as `event_type`.
+    pub fn dispatched<T: Serialize + ?Sized>(&self, event_type: &str, payload: &T) -> bool {
+        let payload = serde_json::to_value(payload).ok();
+        self.events()
+            .iter()
+            .any(|(t, p)| t == event_type && Some(p) == payload.as_ref())
+    }
+
+    /// Panics, listing what was dispatched, unless `payload` was dispatched as
+    /// `event_type`.
+    ///
+    /// # Panics
+    ///
+    /// When it was not.
+    #[track_caller]
+    pub fn assert_dispatched<T: Serialize + ?Sized>(&self, event_type: &str, payload: &T) {
+        assert!(
+            self.dispatched(event_type, payload),
+            "expected a `{event_type}` event with {}, dispatched: {:?}",
+            serde_json::to_string(payload).unwrap_or_default(),
+            self.events()
+        );
+    }
 }
 
 /// Dispatches events of this service to `<service>.events`, routing key = event type,
@@ -71,9 +114,39 @@ impl EventDispatcher {
         }
     }
 
+    /// A dispatcher that only records what it dispatches, for unit tests; also what a
+    /// generated worker factory puts in an unset field.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use nameko_extensions::events::EventDispatcher;
+    ///
+    /// let (dispatcher, log) = EventDispatcher::recording();
+    /// dispatcher.dispatch("greeted", &serde_json::json!({"name": "Ada"})).await.unwrap();
+    /// log.assert_dispatched("greeted", &serde_json::json!({"name": "Ada"}));
+    /// # }
+    /// ```
+    pub fn recording() -> (Self, DispatchLog) {
+        let log = DispatchLog::default();
+        let inner = Inner::Recording {
+            exchange: "recording.events".into(),
+            log: log.clone(),
+        };
+        (
+            Self {
+                inner: Arc::new(inner),
+                cx: None,
+            },
+            log,
+        )
+    }
+
     /// The exchange events go to.
     pub fn exchange(&self) -> &str {
-        &self.inner.exchange.name
+        match &*self.inner {
+            Inner::Broker { exchange, .. } => &exchange.name,
+            Inner::Recording { exchange, .. } => exchange,
+        }
     }
 
     /// Publishes `payload` as event `event_type`, waiting for the broker's confirm.
@@ -92,12 +165,26 @@ impl EventDispatcher {
             event_type: event_type.to_owned(),
             message,
         };
-        let inner = &*self.inner;
-        if inner.declare {
-            let topology = Topology::new().exchange(inner.exchange.clone());
-            inner
-                .declared
-                .get_or_try_init(|| inner.broker.declare(&topology))
+        let (broker, exchange, declare, declared) = match &*self.inner {
+            Inner::Broker {
+                broker,
+                exchange,
+                declare,
+                declared,
+            } => (broker, exchange, *declare, declared),
+            Inner::Recording { log, .. } => {
+                let payload = serde_json::from_slice(&body).map_err(|err| transport(err.to_string()))?;
+                log.events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((event_type.to_owned(), payload));
+                return Ok(());
+            }
+        };
+        if declare {
+            let topology = Topology::new().exchange(exchange.clone());
+            declared
+                .get_or_try_init(|| broker.declare(&topology))
                 .await
                 .map_err(|err| transport(err.to_string()))?;
         }
@@ -106,13 +193,13 @@ impl EventDispatcher {
             None => edge_context(),
         };
         let message = Publish {
-            exchange: inner.exchange.name.clone(),
+            exchange: exchange.name.clone(),
             routing_key: event_type.to_owned(),
             mandatory: false,
             properties: Properties::json(headers_from_context(&data)),
             body: Bytes::from(body),
         };
-        match inner.broker.publish(message).await {
+        match broker.publish(message).await {
             Ok(PublishOutcome::Routed | PublishOutcome::Returned { .. }) => Ok(()),
             Ok(PublishOutcome::Nacked) => Err(transport("the broker refused it (nack)".into())),
             Ok(PublishOutcome::ChannelClosed) => Err(transport("the channel closed before the confirm".into())),
@@ -126,10 +213,11 @@ impl Inner {
         let flag = |key: &str| config.get(key).and_then(|v| v.as_bool());
         let mut exchange = Exchange::topic(events_exchange(service));
         exchange.auto_delete = flag("AUTO_DELETE_EVENT_EXCHANGES").unwrap_or(false);
-        Self {
+        let declare = flag("DECLARE_EVENT_EXCHANGES") != Some(false);
+        Self::Broker {
             broker,
             exchange,
-            declare: flag("DECLARE_EVENT_EXCHANGES") != Some(false),
+            declare,
             declared: OnceCell::new(),
         }
     }
@@ -138,7 +226,7 @@ impl Inner {
 impl fmt::Debug for EventDispatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventDispatcher")
-            .field("exchange", &self.inner.exchange.name)
+            .field("exchange", &self.exchange())
             .finish_non_exhaustive()
     }
 }
@@ -152,7 +240,7 @@ pub struct EventDispatcherProvider {
 impl fmt::Debug for EventDispatcherProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventDispatcherProvider")
-            .field("exchange", &self.inner.as_ref().map(|i| &i.exchange.name))
+            .field("set_up", &self.inner.is_some())
             .finish()
     }
 }
@@ -184,5 +272,10 @@ impl Dependency for EventDispatcher {
 
     fn provider() -> EventDispatcherProvider {
         EventDispatcherProvider::default()
+    }
+
+    /// A recording dispatcher; use [`EventDispatcher::recording`] to keep its log.
+    fn test_default() -> Option<Self> {
+        Some(Self::recording().0)
     }
 }

@@ -18,7 +18,7 @@ mod dispatcher;
 mod handler;
 
 pub use self::{
-    dispatcher::{DispatchError, EventDispatcher, EventDispatcherProvider},
+    dispatcher::{DispatchError, DispatchLog, EventDispatcher, EventDispatcherProvider},
     handler::{EventHandler, HandlerType},
 };
 

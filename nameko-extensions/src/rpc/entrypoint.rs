@@ -1,4 +1,4 @@
-//! The service's side of RPC: the [`Rpc`] entrypoint and the consumer all of a
+//! The service's side of RPC: the [`RpcEntrypoint`] and the consumer all of a
 //! service's RPC entrypoints share.
 
 use std::{
@@ -267,19 +267,19 @@ impl DeliveryHandler for Requests {
 
 // ===== Rpc =====
 
-/// The `rpc` entrypoint: serves a method to Nameko RPC callers.
+/// The `rpc` entrypoint (`#[rpc]`): serves a method to Nameko RPC callers.
 ///
 /// `Req` is what the method takes — decoded from `{"args", "kwargs"}` with
 /// [`FromRpcArgs`] before a worker slot is taken — and `Resp` what it returns,
 /// serialized as the reply's `result`. Every RPC entrypoint of a service shares one
 /// consumer on `rpc-<service>`, with prefetch `max_workers`.
-pub struct Rpc<Req, Resp> {
+pub struct RpcEntrypoint<Req, Resp> {
     binding: Option<Binding<Req, Resp>>,
     consumer: Option<Arc<RpcConsumer>>,
     _marker: PhantomData<fn(Req) -> Resp>,
 }
 
-impl<Req, Resp> Rpc<Req, Resp> {
+impl<Req, Resp> RpcEntrypoint<Req, Resp> {
     /// An RPC entrypoint.
     pub const fn new() -> Self {
         Self {
@@ -290,21 +290,21 @@ impl<Req, Resp> Rpc<Req, Resp> {
     }
 }
 
-impl<Req, Resp> Default for Rpc<Req, Resp> {
+impl<Req, Resp> Default for RpcEntrypoint<Req, Resp> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<Req, Resp> fmt::Debug for Rpc<Req, Resp> {
+impl<Req, Resp> fmt::Debug for RpcEntrypoint<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rpc")
+        f.debug_struct("RpcEntrypoint")
             .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
 }
 
-impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for Rpc<Req, Resp> {
+impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for RpcEntrypoint<Req, Resp> {
     async fn setup(&mut self, cx: &mut SetupContext<'_>) -> Result<(), SetupError> {
         let broker = transport::broker(cx)?;
         let binding = self
@@ -353,7 +353,7 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for Rpc<Req, 
     }
 }
 
-impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Entrypoint for Rpc<Req, Resp> {
+impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Entrypoint for RpcEntrypoint<Req, Resp> {
     type Request = Req;
     type Response = Resp;
     const KIND: &'static str = "rpc";

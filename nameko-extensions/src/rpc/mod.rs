@@ -1,4 +1,4 @@
-//! RPC with Nameko's wire format: the [`Rpc`] entrypoint, the [`RpcClient`] with its
+//! RPC with Nameko's wire format: the [`RpcEntrypoint`], the [`RpcClient`] with its
 //! reply listener, and the [`ClusterRpc`] and [`ServiceRpc`] dependencies.
 //!
 //! Requests go to the topic exchange `nameko-rpc` (config `rpc_exchange`) with routing
@@ -11,6 +11,7 @@ mod args;
 mod client;
 mod entrypoint;
 mod proxy;
+mod typed;
 
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ use nameko_core::{HandlerError, IntoHandlerError, RemoteError};
 pub use self::{
     args::{FromRpcArgs, Param, RpcArgs, decode_arg},
     client::{REPLY_QUEUE_EXPIRES, RpcClient, RpcReply},
-    entrypoint::Rpc,
+    entrypoint::RpcEntrypoint,
     proxy::{ClusterRpc, ClusterRpcProvider, DEFAULT_RPC_TIMEOUT, ServiceRpc, ServiceRpcProvider},
+    typed::{Rpc, RpcInterface, RpcInterfaceProvider, TypedReply, decode_result},
 };
 
 /// The queue a service's RPC entrypoints consume.

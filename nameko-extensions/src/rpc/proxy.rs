@@ -273,8 +273,8 @@ impl DependencyProvider for ServiceRpcProvider {
         let service = cx.arg("service").ok_or_else(|| {
             SetupError::new("a ServiceRpc field needs the name of its service: `#[dependency(service = \"...\")]`")
         })?;
-        self.service = Some(service.into());
-        self.inner.setup(cx).await
+        let service = service.to_owned();
+        self.setup_for(cx, &service).await
     }
 
     async fn get_dependency(&self, cx: &WorkerContext) -> Result<(ServiceRpc, ()), BoxError> {
@@ -289,6 +289,20 @@ impl DependencyProvider for ServiceRpcProvider {
 
     fn kill(&self) {
         self.inner.kill();
+    }
+}
+
+impl ServiceRpcProvider {
+    /// Sets up for `service`, unless the field's `service` argument names another.
+    pub(crate) async fn setup_for(&mut self, cx: &mut SetupContext<'_>, service: &str) -> Result<(), SetupError> {
+        let service = cx.arg("service").unwrap_or(service);
+        if service.is_empty() || service.contains('.') {
+            return Err(SetupError::new(format!(
+                "`{service}` is not a service name RPC can route to"
+            )));
+        }
+        self.service = Some(service.into());
+        self.inner.setup(cx).await
     }
 }
 

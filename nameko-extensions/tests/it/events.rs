@@ -9,7 +9,7 @@ use nameko_extensions::{
     broker::{Headers, Properties, Publish},
     events::{EventDispatcher, EventHandler, HandlerType},
     memory::MemoryBroker,
-    rpc::{Rpc, RpcArgs, RpcClient},
+    rpc::{RpcArgs, RpcClient, RpcEntrypoint},
 };
 use serde_json::{Value, json};
 
@@ -41,7 +41,7 @@ impl Service for Greeting {
     fn entrypoints(e: &mut Entrypoints<Self>) {
         e.add(
             "greet",
-            Rpc::<Name, String>::new(),
+            RpcEntrypoint::<Name, String>::new(),
             |w: Greeting, Name(name)| async move {
                 w.dispatch.dispatch("greeted", &json!({ "name": name })).await?;
                 Ok::<_, nameko_extensions::events::DispatchError>(format!("Hi, {name}!"))

@@ -12,7 +12,7 @@ use nameko_extensions::{
     },
     context::edge_context,
     memory::MemoryBroker,
-    rpc::{ClusterRpc, FromRpcArgs, Param, Rpc, RpcArgs, RpcClient, RpcError, decode_arg},
+    rpc::{ClusterRpc, FromRpcArgs, Param, RpcArgs, RpcClient, RpcEntrypoint, RpcError, decode_arg},
 };
 use serde_json::{Value, json};
 
@@ -52,27 +52,27 @@ impl Service for Maths {
     const NAME: &'static str = "maths";
 
     fn entrypoints(e: &mut Entrypoints<Self>) {
-        e.add("add", Rpc::<Add, i64>::new(), |w: Maths, Add { a, b }| async move {
+        e.add("add", RpcEntrypoint::<Add, i64>::new(), |w: Maths, Add { a, b }| async move {
             w.seen.push("add", json!([a, b]));
             Ok::<_, RemoteError>(a + b)
         })
-        .add("fail", Rpc::<(), ()>::new(), |_: Maths, ()| async move {
+        .add("fail", RpcEntrypoint::<(), ()>::new(), |_: Maths, ()| async move {
             Err::<(), _>(RemoteError::new("ValueError", "bad value").with_path("builtins.ValueError"))
         })
-        .add("boom", Rpc::<(), ()>::new(), |_: Maths, ()| async move {
+        .add("boom", RpcEntrypoint::<(), ()>::new(), |_: Maths, ()| async move {
             if true {
                 panic!("maths exploded");
             }
             Ok::<(), RemoteError>(())
         })
-        .add("stack", Rpc::<(), Vec<String>>::new(), |w: Maths, ()| async move {
+        .add("stack", RpcEntrypoint::<(), Vec<String>>::new(), |w: Maths, ()| async move {
             Ok::<_, RemoteError>(w.cx.call_id_stack().to_vec())
         })
-        .add("slow", Rpc::<Millis, u64>::new(), |_: Maths, Millis(ms)| async move {
+        .add("slow", RpcEntrypoint::<Millis, u64>::new(), |_: Maths, Millis(ms)| async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, RemoteError>(ms)
         })
-        .add("echo", Rpc::<RpcArgs, Value>::new(), |_: Maths, args: RpcArgs| async move {
+        .add("echo", RpcEntrypoint::<RpcArgs, Value>::new(), |_: Maths, args: RpcArgs| async move {
             Ok::<_, RemoteError>(json!({"args": args.args, "kwargs": args.kwargs}))
         });
     }
@@ -86,7 +86,7 @@ impl Service for Relay {
     const NAME: &'static str = "relay";
 
     fn entrypoints(e: &mut Entrypoints<Self>) {
-        e.add("stack", Rpc::<(), Value>::new(), |w: Relay, ()| async move {
+        e.add("stack", RpcEntrypoint::<(), Value>::new(), |w: Relay, ()| async move {
             w.rpc.call("maths", "stack", Value::Null).await
         });
     }
@@ -98,7 +98,7 @@ impl Service for Front {
     const NAME: &'static str = "front";
 
     fn entrypoints(e: &mut Entrypoints<Self>) {
-        e.add("chain", Rpc::<(), Value>::new(), |w: Front, ()| async move {
+        e.add("chain", RpcEntrypoint::<(), Value>::new(), |w: Front, ()| async move {
             w.rpc.call("relay", "stack", Value::Null).await
         });
     }
@@ -404,16 +404,18 @@ impl Service for Caller {
     const NAME: &'static str = "caller";
 
     fn entrypoints(e: &mut Entrypoints<Self>) {
-        e.add("both", Rpc::<(), Value>::new(), |w: Caller, ()| async move {
+        e.add("both", RpcEntrypoint::<(), Value>::new(), |w: Caller, ()| async move {
             // Two calls in flight at once, collected in reverse order.
             let first = w.maths.call_async("add", json!([1, 2])).await?;
             let second = w.maths.call_async("add", json!({"a": 3, "b": 4})).await?;
             let (b, a) = (second.await?, first.await?);
             Ok::<_, RpcError>(json!([a, b]))
         })
-        .add("too_slow", Rpc::<(), Value>::new(), |w: Caller, ()| async move {
-            w.maths.call("slow", json!([2000])).await
-        });
+        .add(
+            "too_slow",
+            RpcEntrypoint::<(), Value>::new(),
+            |w: Caller, ()| async move { w.maths.call("slow", json!([2000])).await },
+        );
     }
 }
 
@@ -449,7 +451,7 @@ async fn a_service_rpc_without_a_service_fails_startup() {
     impl Service for Lost {
         const NAME: &'static str = "lost";
         fn entrypoints(e: &mut Entrypoints<Self>) {
-            e.add("target", Rpc::<(), String>::new(), |w: Lost, ()| async move {
+            e.add("target", RpcEntrypoint::<(), String>::new(), |w: Lost, ()| async move {
                 Ok::<_, RemoteError>(w.maths.service_name().to_owned())
             });
         }
