@@ -39,7 +39,10 @@ mod util;
 
 pub use self::{
     config::{Config, ConfigError},
-    container::{CallError, ContainerError, ServiceContainer, ServiceContainerBuilder},
+    container::{
+        CallError, ContainerError, ServiceContainer, ServiceContainerBuilder,
+        worker::{WorkerOutcome, WorkerReport},
+    },
     context::{
         CALL_ID_STACK_KEY, ContextData, EntrypointInfo, Extensions, TRACE_ID_KEY, WorkerContext, is_valid_trace_id,
     },

@@ -1,17 +1,25 @@
-//! Test helpers for nameko-rs services.
+//! Test helpers for nameko-rs services, after Nameko's `nameko.testing`.
 //!
-//! - [`Once`] and [`Dummy`]: the test entrypoints of Nameko's
-//!   `nameko.testing.services`. `Once` runs a method when the container starts;
-//!   `Dummy` never fires by itself, so a test runs the method with
-//!   [`ServiceContainer::call`](nameko_core::ServiceContainer::call) — Nameko's
-//!   `entrypoint_hook`.
-//! - Replacing dependencies (`replace_dependencies`) and restricting entrypoints
-//!   (`restrict_entrypoints`) are builder methods of the container:
-//!   [`ServiceContainerBuilder::providers`](nameko_core::ServiceContainerBuilder::providers)
-//!   and [`only_entrypoints`](nameko_core::ServiceContainerBuilder::only_entrypoints).
+//! - Unit tests: build the worker with the generated `worker_factory()` (from
+//!   `#[derive(nameko::Dependencies)]`) and call the method. Framework fields default
+//!   to fakes: an unset `EventDispatcher` records what it dispatches
+//!   ([`EventDispatcher::recording`](nameko_extensions::events::EventDispatcher::recording)).
+//! - Container tests: [`ServiceHarness`] runs a real container on an in-memory broker.
+//!   It covers Nameko's `entrypoint_hook` ([`ServiceHarness::call`], or
+//!   [`ServiceHarness::rpc`] through the broker as a caller would),
+//!   `entrypoint_waiter` ([`ServiceHarness::waiter`]), `replace_dependencies`
+//!   ([`ServiceHarnessBuilder::providers`]) and `restrict_entrypoints`
+//!   ([`ServiceHarnessBuilder::only_entrypoints`]).
+//! - [`Once`] and [`Dummy`]: the test entrypoints of `nameko.testing.services`.
 //!
-//! Stability: this crate follows the `nameko` crate's version; its helpers change
-//! only with a minor release.
+//! Stability: this crate follows the `nameko` crate's version; its helpers change only
+//! with a minor release.
+
+mod harness;
 
 #[doc(inline)]
 pub use nameko_core::entrypoints::{Dummy, Once};
+#[doc(inline)]
+pub use nameko_extensions::events::{DispatchLog, EventDispatcher};
+
+pub use self::harness::{EntrypointWaiter, ServiceHarness, ServiceHarnessBuilder, WaitError};

@@ -80,8 +80,7 @@ pub mod __private {
     pub use ::nameko_extensions::{
         events::{EventHandler, HandlerType},
         rpc::{
-            FromRpcArgs, Param, Rpc, RpcArgs, RpcEntrypoint, RpcError, RpcInterface, ServiceRpc, TypedReply,
-            decode_arg,
+            FromRpcArgs, Param, Rpc, RpcArgs, RpcEntrypoint, RpcError, RpcInterface, ServiceRpc, TypedReply, decode_arg,
         },
     };
     pub use ::serde::{Serialize, de::DeserializeOwned};

@@ -397,6 +397,7 @@ trait ErasedContainer: Send + Sync {
     fn kill(&self);
     fn state(&self) -> u8;
     fn running_workers(&self) -> usize;
+    fn worker_reports(&self) -> tokio::sync::broadcast::Receiver<worker::WorkerReport>;
 }
 
 impl<S: Service> ErasedContainer for Container<S> {
@@ -459,6 +460,10 @@ impl<S: Service> ErasedContainer for Container<S> {
     fn running_workers(&self) -> usize {
         self.core.tracker.len()
     }
+
+    fn worker_reports(&self) -> tokio::sync::broadcast::Receiver<worker::WorkerReport> {
+        self.core.reports.subscribe()
+    }
 }
 
 impl ServiceContainer {
@@ -485,6 +490,13 @@ impl ServiceContainer {
     /// How many workers are running (or about to).
     pub fn running_workers(&self) -> usize {
         self.inner.running_workers()
+    }
+
+    /// Reports of every worker that finishes from now on (Nameko's
+    /// `entrypoint_waiter` is built on it). A slow subscriber misses reports past a
+    /// backlog of 1024.
+    pub fn worker_reports(&self) -> tokio::sync::broadcast::Receiver<worker::WorkerReport> {
+        self.inner.worker_reports()
     }
 
     /// Whether the container was killed.

@@ -4,7 +4,7 @@
 use std::{future::Future, marker::PhantomData, panic::AssertUnwindSafe, pin::Pin, sync::Arc};
 
 use futures_util::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -18,6 +18,75 @@ use crate::{
     util::panic_message,
 };
 
+pub use self::report::{WorkerOutcome, WorkerReport};
+
+mod report {
+    use crate::{RemoteError, WorkerContext, WorkerError};
+
+    /// How a finished worker ended, as [`WorkerReport`] tells it.
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub enum WorkerOutcome {
+        /// The handler returned `Ok`.
+        Success,
+        /// The handler returned an error (or a dependency failed).
+        Failure {
+            /// The error as it goes on the wire.
+            error: RemoteError,
+            /// Whether it was an expected error.
+            expected: bool,
+        },
+        /// The handler or a hook panicked.
+        Panicked(String),
+        /// The container was killed while the worker ran.
+        Killed,
+    }
+
+    /// A finished worker: which method, which call, how it ended. Sent to
+    /// [`ServiceContainer::worker_reports`](crate::ServiceContainer::worker_reports)
+    /// subscribers after `worker_teardown`.
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct WorkerReport {
+        /// The service.
+        pub service: &'static str,
+        /// The entrypoint's method.
+        pub method: &'static str,
+        /// The entrypoint's kind.
+        pub kind: &'static str,
+        /// The worker's call id.
+        pub call_id: String,
+        /// How it ended.
+        pub outcome: WorkerOutcome,
+    }
+
+    impl WorkerReport {
+        pub(crate) fn new<T>(cx: &WorkerContext, result: &Result<T, WorkerError>) -> Self {
+            let outcome = match result {
+                Ok(_) => WorkerOutcome::Success,
+                Err(WorkerError::Failed(err)) => WorkerOutcome::Failure {
+                    error: err.remote().clone(),
+                    expected: err.is_expected(),
+                },
+                Err(WorkerError::Panicked(message)) => WorkerOutcome::Panicked(message.clone()),
+                Err(_) => WorkerOutcome::Killed,
+            };
+            Self {
+                service: cx.service_name(),
+                method: cx.entrypoint().method(),
+                kind: cx.entrypoint().kind(),
+                call_id: cx.call_id().to_owned(),
+                outcome,
+            }
+        }
+
+        /// Whether the worker succeeded.
+        pub fn is_success(&self) -> bool {
+            self.outcome == WorkerOutcome::Success
+        }
+    }
+}
+
 /// What every worker of one container shares.
 pub(crate) struct Core<S: Service> {
     pub(crate) config: Config,
@@ -28,6 +97,8 @@ pub(crate) struct Core<S: Service> {
     pub(crate) stopping: CancellationToken,
     /// Cancelled when the container is killed: running workers are dropped.
     pub(crate) killed: CancellationToken,
+    /// Every finished worker is reported here (to tests' waiters, to metrics).
+    pub(crate) reports: broadcast::Sender<WorkerReport>,
 }
 
 impl<S: Service> Core<S> {
@@ -40,6 +111,7 @@ impl<S: Service> Core<S> {
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
             killed: CancellationToken::new(),
+            reports: broadcast::channel(1024).0,
         }
     }
 
@@ -131,6 +203,9 @@ where
                     result = lifecycle => result,
                 };
                 drop((permit, own));
+                if core.reports.receiver_count() > 0 {
+                    let _ = core.reports.send(WorkerReport::new(&cx, &result));
+                }
                 // The caller may have gone away; the worker ran to the end regardless.
                 let _ = tx.send(result);
                 drop(token);

@@ -377,3 +377,25 @@ async fn every_line_a_handler_logs_carries_the_worker_span() {
         "{failed}"
     );
 }
+
+#[tokio::test]
+async fn finished_workers_are_reported() {
+    let (container, _log) = start("").await;
+    let mut reports = container.worker_reports();
+    let _: String = container.call("ok", "x".to_owned()).await.unwrap();
+    let _ = container.call::<(), String>("fail", ()).await;
+    let _ = container.call::<(), String>("boom", ()).await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let report = reports.recv().await.unwrap();
+        if report.method != "started" {
+            seen.push(report);
+        }
+    }
+    assert_eq!(seen[0].method, "ok");
+    assert!(seen[0].is_success() && seen[0].call_id.starts_with("probe.ok."));
+    assert!(
+        matches!(&seen[1].outcome, nameko_core::WorkerOutcome::Failure { error, expected: false } if error.exc_type() == "Nope")
+    );
+    assert!(matches!(&seen[2].outcome, nameko_core::WorkerOutcome::Panicked(m) if m.contains("kaboom")));
+}

@@ -1,0 +1,3 @@
+//! Integration tests of nameko-testing.
+
+mod harness;
