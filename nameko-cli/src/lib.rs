@@ -49,8 +49,8 @@
 //! # Exit codes
 //!
 //! `0` after a graceful stop (or a successful `list`/`show-config`); `1` when the
-//! services cannot start (config, resources hook, transport, unknown service) or had to
-//! be killed; `2` for usage errors.
+//! services cannot start (config, resources hook, transport, unknown service, a signal
+//! during startup) or had to be killed; `2` for usage errors.
 
 mod args;
 mod logging;
@@ -104,6 +104,15 @@ pub enum CliError {
     /// The tokio runtime could not be built.
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(#[source] io::Error),
+    /// `run` found no service to run.
+    #[error(
+        "no services are registered in this binary: a library crate holding services must be linked into it \
+         (`use my_services as _;`)"
+    )]
+    NoServices,
+    /// A signal arrived before the services had started.
+    #[error("{0} received while starting; nothing was left running")]
+    Interrupted(Signal),
     /// The output could not be written.
     #[error("cannot write the output: {0}")]
     Output(#[from] io::Error),
@@ -393,15 +402,27 @@ impl Cli {
         let runner = ServiceRunner::new(config.clone())
             .with_registered(&args.services)?
             .stop_timeout(args.stop_timeout);
-        let user_resources = match self.resources {
-            Some(hook) => hook(config).await.map_err(CliError::Resources)?,
-            None => Resources::new(),
+        if runner.service_names().is_empty() {
+            return Err(CliError::NoServices);
+        }
+        let startup = async {
+            let user_resources = match self.resources {
+                Some(hook) => hook(config).await.map_err(CliError::Resources)?,
+                None => Resources::new(),
+            };
+            Ok::<_, CliError>(
+                runner
+                    .resources(user_resources)
+                    .resources(transport_resources)
+                    .start()
+                    .await?,
+            )
         };
-        let running = runner
-            .resources(user_resources)
-            .resources(transport_resources)
-            .start()
-            .await?;
+        // A signal during startup (a hook or a connection that hangs) abandons it.
+        let running = tokio::select! {
+            running = startup => running?,
+            signal = signals.next() => return Err(CliError::Interrupted(signal)),
+        };
         for container in running.containers() {
             let entrypoints: Vec<String> = container
                 .entrypoints()

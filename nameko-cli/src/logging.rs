@@ -1,5 +1,7 @@
 //! The CLI's log output.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// The directives always added to `RUST_LOG`: lapin logs returned messages with their
@@ -7,7 +9,8 @@ use tracing_subscriber::EnvFilter;
 pub const FORCED_DIRECTIVES: &[&str] = &["lapin::returned_messages=off"];
 
 /// Installs the CLI's log output: `tracing-subscriber`'s fmt layer on stderr, filtered
-/// by `RUST_LOG` (default `info`) plus [`FORCED_DIRECTIVES`]. Returns false, doing
+/// by `RUST_LOG` (default `info`) plus [`FORCED_DIRECTIVES`], colored only on a
+/// terminal without `NO_COLOR`. Returns false, doing
 /// nothing, when a global subscriber is already set. [`Cli::run`](crate::Cli::run) and
 /// [`Cli::main`](crate::Cli::main) call it.
 ///
@@ -19,6 +22,7 @@ pub fn init_logging() -> bool {
     tracing_subscriber::fmt()
         .with_env_filter(env_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init()
         .is_ok()
 }

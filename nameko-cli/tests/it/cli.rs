@@ -300,6 +300,24 @@ async fn failing_resources_hook_exits_1() {
 }
 
 #[tokio::test]
+async fn a_signal_during_startup_abandons_it() {
+    let cli = Cli::new().resources(|_config| std::future::pending::<Result<Resources, nameko_core::BoxError>>());
+    let (sender, signals) = signals();
+    assert!(sender.send(Signal::Interrupt));
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        run(cli, &["run", "--transport", "memory"], signals),
+    )
+    .await
+    .expect("the signal ends a hanging startup");
+    assert_eq!(out.code, ExitCode::FAILURE);
+    assert_eq!(
+        out.stderr,
+        "error: SIGINT (Ctrl-C) received while starting; nothing was left running\n"
+    );
+}
+
+#[tokio::test]
 async fn resources_hook_sees_the_merged_config() {
     let probe = Probe::new(Mode::Quick);
     let seen = Arc::new(std::sync::Mutex::new(None));
