@@ -1,1 +1,529 @@
 //! The nameko-rs command line, as a library a service binary calls.
+//!
+//! Rust cannot load services at run time, so `nameko run` is *your* binary: its `main`
+//! hands the command line to [`Cli`], which finds the services linked into it (every
+//! `#[nameko::service]`, or [`register_service!`](nameko_core::register_service)),
+//! builds their resources with your hook and runs them until SIGTERM or Ctrl-C.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use nameko_cli::Cli;
+//! use nameko_core::{BoxError, Resources};
+//!
+//! trait UserRepo: Send + Sync {}
+//! struct InMemoryUsers;
+//! impl UserRepo for InMemoryUsers {}
+//!
+//! fn main() -> std::process::ExitCode {
+//!     Cli::new()
+//!         .name("greeting")
+//!         .version(env!("CARGO_PKG_VERSION"))
+//!         .resources(|config| async move {
+//!             let _database = config.get("DATABASE_URL");
+//!             Ok::<_, BoxError>(Resources::new().with::<dyn UserRepo>(Arc::new(InMemoryUsers)))
+//!         })
+//!         .main()
+//! }
+//! ```
+//!
+//! # Commands
+//!
+//! - `run [SERVICE...] [--config FILE] [--define KEY=VALUE]... [--transport memory|amqp]
+//!   [--broker URI] [--stop-timeout SECS]`: runs the named services (all when none is
+//!   named). The first SIGTERM or Ctrl-C stops gracefully within `--stop-timeout`
+//!   (default 30 s); a second one, or the deadline, kills the running workers.
+//! - `list`: the services built into the binary, with their entrypoints.
+//! - `show-config [--config FILE] [--define KEY=VALUE]... [--broker URI]`: the merged
+//!   configuration as YAML, passwords masked.
+//!
+//! Configuration precedence: the file < `NAMEKO_<KEY>` environment variables <
+//! `--define` < `--broker`.
+//!
+//! # Transports
+//!
+//! AMQP (RabbitMQ) is the default; `--broker` and `AMQP_URI` say where it is.
+//! `--transport memory` runs every service of the process on one in-memory broker; it
+//! must be asked for, and cannot be combined with `--broker`. There is never a silent
+//! fallback from one to the other.
+//!
+//! # Exit codes
+//!
+//! `0` after a graceful stop (or a successful `list`/`show-config`); `1` when the
+//! services cannot start (config, resources hook, transport, unknown service, a signal
+//! during startup) or had to be killed; `2` for usage errors.
+
+mod args;
+mod logging;
+mod mask;
+mod signals;
+mod transport;
+
+use std::{
+    ffi::OsString,
+    fmt,
+    future::Future,
+    io::{self, Write},
+    pin::Pin,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{CommandFactory, FromArgMatches, error::ErrorKind};
+use nameko_core::{BoxError, Config, ConfigError, ContainerError, Resources, ServiceRunner, Shutdown, registry};
+
+pub use crate::{
+    args::{Command, ConfigArgs, RunArgs, TransportKind},
+    logging::{FORCED_DIRECTIVES, init_logging},
+    mask::{MASK, mask_secrets, render_config},
+    signals::{Signal, SignalSender, Signals},
+    transport::{Transport, TransportError},
+};
+
+type ResourcesFuture = Pin<Box<dyn Future<Output = Result<Resources, BoxError>> + Send>>;
+type ResourcesHook = Box<dyn FnOnce(Config) -> ResourcesFuture + Send>;
+
+/// Why a command failed; printed as `error: ...` (passwords masked) before exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The configuration could not be loaded; the message says where.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The `resources` hook failed.
+    #[error("the resources hook failed: {0}")]
+    Resources(#[source] BoxError),
+    /// A service could not be found or started.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    /// Signal handlers could not be installed.
+    #[error("cannot listen for SIGTERM and Ctrl-C: {0}")]
+    Signals(#[source] io::Error),
+    /// The tokio runtime could not be built.
+    #[error("cannot start the tokio runtime: {0}")]
+    Runtime(#[source] io::Error),
+    /// `run` found no service to run.
+    #[error(
+        "no services are registered in this binary: a library crate holding services must be linked into it \
+         (`use my_services as _;`)"
+    )]
+    NoServices,
+    /// A signal arrived before the services had started.
+    #[error("{0} received while starting; nothing was left running")]
+    Interrupted(Signal),
+    /// The output could not be written.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] io::Error),
+    /// The services did not stop in time, or a second signal asked to kill them.
+    #[error("the services were killed before they could stop gracefully")]
+    Killed,
+}
+
+/// The command line of a service binary: `run`, `list`, `show-config`.
+///
+/// Build it with [`Cli::new`], give it a [`resources`](Cli::resources) hook, and end
+/// `main` with [`main`](Cli::main) (or [`run`](Cli::run) inside your own runtime).
+#[must_use]
+pub struct Cli {
+    name: Option<&'static str>,
+    version: Option<&'static str>,
+    resources: Option<ResourcesHook>,
+    standalone: bool,
+}
+
+impl Default for Cli {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Cli {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cli")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("resources", &self.resources.as_ref().map(|_| "<hook>"))
+            .field("standalone", &self.standalone)
+            .finish()
+    }
+}
+
+impl Cli {
+    /// A command line running the services registered in this binary, with no
+    /// resources of its own.
+    ///
+    /// ```
+    /// let cli = nameko_cli::Cli::new();
+    /// # drop(cli);
+    /// ```
+    pub fn new() -> Self {
+        Self {
+            name: None,
+            version: None,
+            resources: None,
+            standalone: false,
+        }
+    }
+
+    /// The command line of the standalone `nameko` binary, which holds no services:
+    /// `show-config` works; `run` and `list` explain that they belong to the user's own
+    /// binary and exit with 2.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use nameko_cli::{Cli, Signals};
+    ///
+    /// let (mut out, mut err) = (Vec::new(), Vec::new());
+    /// let (_sender, signals) = Signals::channel();
+    /// let code = Cli::standalone().run_from(["nameko", "run"], signals, &mut out, &mut err).await;
+    /// assert_eq!(code, std::process::ExitCode::from(2));
+    /// assert!(String::from_utf8(err).unwrap().contains("Cli::new()"));
+    /// # }
+    /// ```
+    pub fn standalone() -> Self {
+        Self {
+            standalone: true,
+            ..Self::new()
+        }
+    }
+
+    /// The program name shown in `--help` and usage lines (default: the binary's file
+    /// name).
+    ///
+    /// ```
+    /// let cli = nameko_cli::Cli::new().name("greeting");
+    /// # drop(cli);
+    /// ```
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    /// The version `--version` prints (no `--version` flag without it).
+    ///
+    /// ```
+    /// let cli = nameko_cli::Cli::new().version(env!("CARGO_PKG_VERSION"));
+    /// # drop(cli);
+    /// ```
+    pub fn version(mut self, version: &'static str) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// The hook that builds the resources of every service (database pools, clients,
+    /// repositories: what `Dep<T>` fields receive), given the merged config. It runs
+    /// once, after the config loaded and the services were found, before any service
+    /// starts. When it fails, `run` prints the error and exits with 1.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use nameko_cli::Cli;
+    /// use nameko_core::{BoxError, Resources};
+    ///
+    /// struct Greeting(String);
+    ///
+    /// let cli = Cli::new().resources(|config| async move {
+    ///     let salutation = config.get_str("SALUTATION").unwrap_or("Hello").to_owned();
+    ///     Ok::<_, BoxError>(Resources::new().with(Arc::new(Greeting(salutation))))
+    /// });
+    /// # drop(cli);
+    /// ```
+    pub fn resources<F, Fut, E>(mut self, hook: F) -> Self
+    where
+        F: FnOnce(Config) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resources, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.resources = Some(Box::new(move |config| {
+            let future = hook(config);
+            Box::pin(async move { future.await.map_err(Into::into) })
+        }));
+        self
+    }
+
+    /// Builds a multi-threaded tokio runtime and [`run`](Cli::run)s on it: the end of a
+    /// service binary's `main`.
+    ///
+    /// ```no_run
+    /// fn main() -> std::process::ExitCode {
+    ///     nameko_cli::Cli::new().main()
+    /// }
+    /// ```
+    pub fn main(self) -> ExitCode {
+        match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(self.run()),
+            Err(err) => {
+                let _ = report(&mut io::stderr(), &CliError::Runtime(err));
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// Runs the command line of this process (its arguments, SIGTERM and Ctrl-C,
+    /// stdout and stderr) inside the caller's tokio runtime, after installing the log
+    /// output ([`init_logging`]).
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> std::process::ExitCode {
+    ///     // ... your own setup ...
+    ///     nameko_cli::Cli::new().run().await
+    /// }
+    /// ```
+    pub async fn run(self) -> ExitCode {
+        init_logging();
+        let signals = match Signals::os() {
+            Ok(signals) => signals,
+            Err(err) => {
+                let _ = report(&mut io::stderr(), &CliError::Signals(err));
+                return ExitCode::FAILURE;
+            }
+        };
+        self.run_from(std::env::args_os(), signals, io::stdout(), io::stderr())
+            .await
+    }
+
+    /// Parses `args` (the first is the program name) into a [`Command`].
+    ///
+    /// # Errors
+    ///
+    /// clap's usage error (or its `--help`/`--version` output), e.g. for an unknown
+    /// flag, or `--transport memory` given with `--broker`.
+    ///
+    /// ```
+    /// use nameko_cli::{Cli, Command, TransportKind};
+    ///
+    /// let Command::Run(run) = Cli::new().parse(["app", "run", "greeting", "--transport", "memory"])? else {
+    ///     unreachable!()
+    /// };
+    /// assert_eq!(run.services, ["greeting"]);
+    /// assert_eq!(run.transport, Some(TransportKind::Memory));
+    /// assert_eq!(run.stop_timeout, std::time::Duration::from_secs(30));
+    /// # Ok::<(), clap::Error>(())
+    /// ```
+    pub fn parse<I, T>(&self, args: I) -> Result<Command, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut command = args::Invocation::command();
+        if let Some(name) = self.name {
+            command = command.name(name).bin_name(name);
+        }
+        if let Some(version) = self.version {
+            command = command.version(version);
+        }
+        let matches = command.try_get_matches_from_mut(args)?;
+        let invocation = args::Invocation::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+        if let Command::Run(run) = &invocation.command
+            && run.transport == Some(TransportKind::Memory)
+            && run.config.broker.is_some()
+        {
+            let run_command = command.find_subcommand_mut("run").expect("`run` is a subcommand");
+            return Err(run_command.error(
+                ErrorKind::ArgumentConflict,
+                "`--transport memory` cannot be used with `--broker`: the broker URI is for the AMQP transport",
+            ));
+        }
+        Ok(invocation.command)
+    }
+
+    /// Runs the command line `args` (the first is the program name) with shutdown
+    /// `signals`, writing command output to `stdout` and errors to `stderr`: the
+    /// lower-level entry tests use. It does not install the log output. Returns the
+    /// process's exit code.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use nameko_cli::{Cli, Signals};
+    ///
+    /// let (mut out, mut err) = (Vec::new(), Vec::new());
+    /// let (_sender, signals) = Signals::channel();
+    /// let args = ["app", "show-config", "--define", "max_workers=4"];
+    /// let code = Cli::new().run_from(args, signals, &mut out, &mut err).await;
+    /// assert_eq!(code, std::process::ExitCode::SUCCESS);
+    /// assert!(String::from_utf8(out).unwrap().contains("max_workers: 4\n"));
+    /// # }
+    /// ```
+    pub async fn run_from<I, T>(
+        self,
+        args: I,
+        mut signals: Signals,
+        mut stdout: impl Write + Send,
+        mut stderr: impl Write + Send,
+    ) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let command = match self.parse(args) {
+            Ok(command) => command,
+            Err(err) => {
+                let mut text = err.render().to_string();
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                let _ = if err.use_stderr() {
+                    write!(stderr, "{text}")
+                } else {
+                    write!(stdout, "{text}")
+                };
+                return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+            }
+        };
+        let result = match command {
+            Command::Run(_) | Command::List if self.standalone => {
+                let _ = writeln!(stderr, "{STANDALONE_HINT}");
+                return ExitCode::from(2);
+            }
+            Command::Run(run) => self.run_services(run, &mut signals).await,
+            Command::List => list(&mut stdout),
+            Command::ShowConfig(config) => {
+                load_config(&config).and_then(|config| Ok(write!(stdout, "{}", render_config(&config))?))
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                let _ = report(&mut stderr, &err);
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    async fn run_services(self, args: RunArgs, signals: &mut Signals) -> Result<(), CliError> {
+        let config = load_config(&args.config)?;
+        let transport = Transport::select(args.transport, &config);
+        let transport_resources = transport.resources()?;
+        let runner = ServiceRunner::new(config.clone())
+            .with_registered(&args.services)?
+            .stop_timeout(args.stop_timeout);
+        if runner.service_names().is_empty() {
+            return Err(CliError::NoServices);
+        }
+        let startup = async {
+            let user_resources = match self.resources {
+                Some(hook) => hook(config).await.map_err(CliError::Resources)?,
+                None => Resources::new(),
+            };
+            Ok::<_, CliError>(
+                runner
+                    .resources(user_resources)
+                    .resources(transport_resources)
+                    .start()
+                    .await?,
+            )
+        };
+        // A signal during startup (a hook or a connection that hangs) abandons it.
+        let running = tokio::select! {
+            running = startup => running?,
+            signal = signals.next() => return Err(CliError::Interrupted(signal)),
+        };
+        for container in running.containers() {
+            let entrypoints: Vec<String> = container
+                .entrypoints()
+                .map(|ep| format!("{} ({})", ep.method(), ep.kind()))
+                .collect();
+            let entrypoints = if entrypoints.is_empty() {
+                "none".to_owned()
+            } else {
+                entrypoints.join(", ")
+            };
+            tracing::info!(
+                service = container.service_name(),
+                "started service `{}`; entrypoints: {entrypoints}",
+                container.service_name()
+            );
+        }
+        tracing::info!(
+            transport = transport.name(),
+            "{} service(s) running on the {} transport; SIGTERM or Ctrl-C stops them",
+            running.containers().len(),
+            transport.name()
+        );
+        let signal = signals.next().await;
+        tracing::info!(
+            "{signal} received: stopping gracefully within {} (send it again to kill)",
+            describe(args.stop_timeout)
+        );
+        let shutdown = running
+            .shutdown(async {
+                let signal = signals.next().await;
+                tracing::warn!("{signal} received again: killing");
+            })
+            .await;
+        match shutdown {
+            Shutdown::Killed => Err(CliError::Killed),
+            _ => {
+                tracing::info!("every service stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+const STANDALONE_HINT: &str = "error: the standalone `nameko` binary holds no services: Rust cannot load services \
+     at run time. `run` and `list` are commands of your own service binary, whose main ends with \
+     `nameko::cli::Cli::new().main()`; build it and run `your-binary run` (a library crate holding services must be \
+     linked into it: `use my_services as _;`). `nameko show-config` works here.";
+
+fn describe(timeout: Duration) -> String {
+    format!("{}s", timeout.as_secs_f64())
+}
+
+fn report(stderr: &mut dyn Write, err: &CliError) -> io::Result<()> {
+    writeln!(stderr, "error: {}", mask_secrets(&err.to_string()))
+}
+
+fn load_config(args: &ConfigArgs) -> Result<Config, CliError> {
+    let mut loader = Config::loader();
+    if let Some(file) = &args.config {
+        loader = loader.file(file);
+    }
+    for define in &args.define {
+        loader = loader.define(define);
+    }
+    if let Some(broker) = &args.broker {
+        loader = loader.broker(broker);
+    }
+    Ok(loader.load()?)
+}
+
+fn list(out: &mut dyn Write) -> Result<(), CliError> {
+    let services = registry::registered_services()?;
+    if services.is_empty() {
+        writeln!(
+            out,
+            "no services are registered in this binary (a library crate holding services must be linked: \
+             `use my_services as _;`)"
+        )?;
+        return Ok(());
+    }
+    for (i, service) in services.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        let entrypoints: Vec<String> = service
+            .entrypoints()
+            .into_iter()
+            .map(|(method, kind)| format!("{method} ({kind})"))
+            .collect();
+        writeln!(out, "{}", service.name())?;
+        writeln!(out, "  module:      {}", service.module_path())?;
+        writeln!(out, "  location:    {}:{}", service.file(), service.line())?;
+        writeln!(
+            out,
+            "  entrypoints: {}",
+            if entrypoints.is_empty() {
+                "none".to_owned()
+            } else {
+                entrypoints.join(", ")
+            }
+        )?;
+    }
+    Ok(())
+}

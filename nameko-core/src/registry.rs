@@ -9,7 +9,7 @@ use std::{collections::HashMap, fmt};
 
 use crate::{
     container::{ContainerError, ServiceContainer, Startable},
-    service::Service,
+    service::{Entrypoints, Service},
 };
 
 /// One registered service.
@@ -19,10 +19,17 @@ pub struct ServiceRegistration {
     file: &'static str,
     line: u32,
     builder: fn() -> Box<dyn Startable>,
+    entrypoints: fn() -> Vec<(&'static str, &'static str)>,
 }
 
 fn builder_of<S: Service>() -> Box<dyn Startable> {
     Box::new(ServiceContainer::builder::<S>())
+}
+
+fn entrypoints_of<S: Service>() -> Vec<(&'static str, &'static str)> {
+    let mut entrypoints = Entrypoints::<S>::new();
+    S::entrypoints(&mut entrypoints);
+    entrypoints.infos().collect()
 }
 
 impl ServiceRegistration {
@@ -34,6 +41,7 @@ impl ServiceRegistration {
             file,
             line,
             builder: builder_of::<S>,
+            entrypoints: entrypoints_of::<S>,
         }
     }
 
@@ -47,9 +55,25 @@ impl ServiceRegistration {
         self.module_path
     }
 
-    /// `file:line` of the declaration.
+    /// `file:line (module path)` of the declaration.
     pub fn location(&self) -> String {
         format!("{}:{} ({})", self.file, self.line, self.module_path)
+    }
+
+    /// The source file of the declaration.
+    pub fn file(&self) -> &'static str {
+        self.file
+    }
+
+    /// The line of the declaration.
+    pub fn line(&self) -> u32 {
+        self.line
+    }
+
+    /// The service's entrypoints as `(method, kind)` pairs, in declaration order, known
+    /// without starting anything (what `nameko list` prints).
+    pub fn entrypoints(&self) -> Vec<(&'static str, &'static str)> {
+        (self.entrypoints)()
     }
 
     pub(crate) fn builder(&self) -> Box<dyn Startable> {
@@ -114,7 +138,7 @@ macro_rules! register_service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Dependencies, DependencyError, Entrypoints, ProviderSlot, Providers, WorkerBuilder};
+    use crate::{Dependencies, DependencyError, ProviderSlot, Providers, WorkerBuilder, entrypoints::Dummy};
 
     macro_rules! svc {
         ($ty:ident, $name:literal) => {
@@ -136,7 +160,11 @@ mod tests {
             }
             impl Service for $ty {
                 const NAME: &'static str = $name;
-                fn entrypoints(_: &mut Entrypoints<Self>) {}
+                fn entrypoints(e: &mut Entrypoints<Self>) {
+                    e.add("ping", Dummy::<(), ()>::new(), |_: $ty, ()| async {
+                        Ok::<_, crate::RemoteError>(())
+                    });
+                }
             }
         };
     }
@@ -157,6 +185,12 @@ mod tests {
             err.contains("a.rs:1 (crate_a)") && err.contains("b.rs:2 (crate_b)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn entrypoints_known_without_starting() {
+        assert_eq!(REG_C.entrypoints(), [("ping", "dummy")]);
+        assert_eq!((REG_C.file(), REG_C.line()), ("c.rs", 3));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! This crate is the one to depend on: [`core`] is the runtime (containers, the
 //! worker lifecycle, dependency providers, the runner, config), and [`prelude`] brings
-//! the everyday names into scope.
+//! the everyday names into scope. `cli` (feature `cli`, on by default) is the command
+//! line a service binary's `main` ends with: `nameko::cli::Cli::new().main()`.
 //!
 //! # Examples
 //!
@@ -53,6 +54,9 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "cli")]
+#[doc(inline)]
+pub use nameko_cli as cli;
 #[doc(inline)]
 pub use nameko_core as core;
 #[doc(inline)]

@@ -1,0 +1,9 @@
+//! The standalone `nameko` binary: `show-config` works; `run` and `list` explain that
+//! they are commands of the user's own service binary.
+
+fn main() -> std::process::ExitCode {
+    nameko_cli::Cli::standalone()
+        .name("nameko")
+        .version(env!("CARGO_PKG_VERSION"))
+        .main()
+}

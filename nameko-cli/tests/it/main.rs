@@ -1,0 +1,5 @@
+//! The integration tests of nameko-cli: one binary, with test services registered by
+//! hand (`support`).
+
+mod cli;
+mod support;
