@@ -57,6 +57,9 @@
 pub use nameko_core as core;
 #[doc(inline)]
 pub use nameko_extensions::{broker, context, events, memory, rpc};
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use nameko_macros::{Dependencies, RemoteError, rpc_client, service};
 
 /// The everyday names: `use nameko::prelude::*;`.
 pub mod prelude {
@@ -80,8 +83,7 @@ pub mod __private {
     pub use ::nameko_extensions::{
         events::{EventHandler, HandlerType},
         rpc::{
-            FromRpcArgs, Param, Rpc, RpcArgs, RpcEntrypoint, RpcError, RpcInterface, ServiceRpc, TypedReply,
-            decode_arg,
+            FromRpcArgs, Param, Rpc, RpcArgs, RpcEntrypoint, RpcError, RpcInterface, ServiceRpc, TypedReply, decode_arg,
         },
     };
     pub use ::serde::{Serialize, de::DeserializeOwned};
@@ -93,7 +95,7 @@ pub mod __private {
     #[doc(hidden)]
     macro_rules! __submit_service {
         ($service:ty) => {
-            ::nameko::core::register_service!($service);
+            $crate::core::register_service!($service);
         };
     }
 
