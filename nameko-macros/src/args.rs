@@ -173,3 +173,21 @@ impl Seen {
 pub(crate) fn default_crate() -> Path {
     syn::parse_quote!(::nameko)
 }
+
+/// `tokens` with every span set to `span`, so an error about the whole expression
+/// points at the user's code (a `quote_spanned!` leaves interpolated paths alone).
+pub(crate) fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let proc_macro2::TokenTree::Group(group) = &tree {
+                let mut new = proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                new.set_span(span);
+                tree = proc_macro2::TokenTree::Group(new);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
+}

@@ -79,7 +79,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         let ty = &f.ty;
         let base = match &f.provider {
             Some(expr) => quote_spanned! {expr.span()=> #p::Provider::<#ty>::new(#expr) },
-            None => quote_spanned! {ty.span()=> #p::Provider::<#ty>::of() },
+            None => args::respan(quote!(#p::Provider::<#ty>::of()), ty.span()),
         };
         let args = f.args.iter().map(|(key, value)| quote!(.with_arg(#key, #value)));
         quote!(#base #(#args)*)
@@ -113,7 +113,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         let field = ident.unraw_string();
         let message = format!("{name}.{field} has no test default; set it with .{field}(...)");
         let fallback = if f.provider.is_none() {
-            quote!(<#ty as #p::Dependency>::test_default())
+            args::respan(quote!(<#ty as #p::Dependency>::test_default()), ty.span())
         } else {
             // A field with an explicit provider may not be a `Dependency`: no default.
             quote!(::core::option::Option::None::<#ty>)

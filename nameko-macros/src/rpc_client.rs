@@ -148,6 +148,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
         #item
 
         const _: () = {
+            #[derive(Debug)]
             struct __Proxy(#p::ServiceRpc);
 
             #[#p::async_trait]

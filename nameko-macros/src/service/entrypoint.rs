@@ -205,6 +205,8 @@ impl EntrypointAttr {
         let name = LitStr::new(&self.registered_name(method), method.ident.span());
         let assert_result = method.assert_result();
         let ok = method.ok_type(&p);
+        // Errors about the method's types point at its return type, not at `#[service]`.
+        let add = quote_spanned! {method.ret_span=> entrypoints.add };
         let body = match self {
             Self::Rpc(_) => {
                 let tys: Vec<_> = method.params.iter().map(|param| &param.ty).collect();
@@ -227,10 +229,9 @@ impl EntrypointAttr {
                         }
                     });
                     let values = method.params.iter().map(|param| {
-                        let wire = &param.wire;
-                        quote! {
-                            #p::decode_arg(method, #wire, values.next().unwrap_or_default())?
-                        }
+                        let (wire, ty) = (&param.wire, &param.ty);
+                        let decode = args::respan(quote!(#p::decode_arg::<#ty>), ty.span());
+                        quote!(#decode(method, #wire, values.next().unwrap_or_default())?)
                     });
                     quote! {
                         let mut values = args.bind(method, &[ #( #params ),* ])?.into_iter();
@@ -239,6 +240,7 @@ impl EntrypointAttr {
                 };
                 let indices = (0..method.params.len()).map(syn::Index::from);
                 let handler = method.handler(&p, quote!(args: __Args), quote!( #( args.#indices ),* ));
+                let rpc_entrypoint = args::respan(quote!(#p::RpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
                 quote! {
                     #( #deserialize )*
                     #serialize
@@ -251,7 +253,7 @@ impl EntrypointAttr {
                             #decode
                         }
                     }
-                    entrypoints.add(#name, #p::RpcEntrypoint::<__Args, #ok>::new(), #handler);
+                    #add(#name, #rpc_entrypoint, #handler);
                 }
             }
             Self::EventHandler(attr) => {
@@ -283,11 +285,13 @@ impl EntrypointAttr {
                     options.push(quote!(.requeue_on_error(#value)));
                 }
                 let handler = method.handler(&p, quote!(payload: #ty), quote!(payload));
+                let event_handler = args::respan(quote!(#p::EventHandler::<#ty, #ok>), ty.span());
+                let event_handler = quote!(#event_handler::new(#source, #event_type));
                 quote! {
                     #deserialize
-                    entrypoints.add(
+                    #add(
                         #name,
-                        #p::EventHandler::<#ty, #ok>::new(#source, #event_type) #( #options )*,
+                        #event_handler #( #options )*,
                         #handler,
                     );
                 }

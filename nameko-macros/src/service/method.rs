@@ -124,15 +124,17 @@ impl Method {
     /// `<Ret as HandlerResult>::Ok`.
     pub(crate) fn ok_type(&self, p: &TokenStream) -> TokenStream {
         let ret = &self.ret;
-        quote_spanned! {self.ret_span=> <#ret as #p::HandlerResult>::Ok }
+        args::respan(quote!(<#ret as #p::HandlerResult>::Ok), self.ret_span)
     }
 
     /// The handler: `|w: Self, req: Req| async move { into_result(w.method(<call args>).await) }`.
     pub(crate) fn handler(&self, p: &TokenStream, req: TokenStream, call_args: TokenStream) -> TokenStream {
         let ident = &self.ident;
-        quote! {
+        let ret = &self.ret;
+        let into_result = args::respan(quote!(<#ret as #p::HandlerResult>::into_result), self.ret_span);
+        quote_spanned! {self.ret_span=>
             |worker: Self, #req| async move {
-                #p::HandlerResult::into_result(worker.#ident(#call_args).await)
+                #into_result(worker.#ident(#call_args).await)
             }
         }
     }
