@@ -273,3 +273,41 @@ impl UnrawString for Ident {
         self.unraw().to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    #[test]
+    fn arguments_become_with_arg_and_providers_replace_of() {
+        let input = syn::parse2(quote! {
+            pub struct Svc {
+                #[dependency(key = "GREETING", timeout = 5, strict = true)]
+                settings: Settings<S>,
+                #[dependency(provider = MyProvider::new(1))]
+                db: Db,
+                plain: Dep<Thing>,
+            }
+        })
+        .unwrap();
+        let out = expand(input).unwrap().to_string();
+        assert!(
+            out.contains(
+                "of () . with_arg (\"key\" , \"GREETING\") . with_arg (\"timeout\" , \"5\") . with_arg (\"strict\" , \"true\")"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("Provider :: < Db > :: new (MyProvider :: new (1))"),
+            "{out}"
+        );
+        assert!(out.contains("pub struct SvcProviders"), "{out}");
+        assert!(out.contains("pub struct SvcWorkerFactory"), "{out}");
+        assert!(
+            out.contains("Svc.plain has no test default; set it with .plain(...)"),
+            "{out}"
+        );
+    }
+}

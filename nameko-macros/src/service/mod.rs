@@ -144,3 +144,73 @@ pub(crate) fn fallback(item: TokenStream) -> TokenStream {
     }
     quote!(#item)
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn errors(args: TokenStream, item: TokenStream) -> Vec<String> {
+        match expand(args, item) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let errors = errors(
+            quote!(name = "svc", colour = "red"),
+            quote! {
+                impl Svc {
+                    #[rpc]
+                    fn a(&self) -> Result<(), E> { Ok(()) }
+                    #[rpc(nmae = "x")]
+                    async fn b(&self) -> Result<(), E> { Ok(()) }
+                    #[event_handler("src", "ty")]
+                    async fn c(&mut self, x: u8) -> Result<(), E> { Ok(()) }
+                    fn helper(&self) {}
+                }
+            },
+        );
+        assert_eq!(
+            errors,
+            [
+                "unknown key `colour` in `#[service]`; expected one of: `name`, `crate`",
+                "entrypoint methods must be `async fn`",
+                "unknown key `nmae` in `#[rpc]`; expected one of: `name`",
+                "entrypoint methods take `&self`, not `&mut self`: keep per-call state in locals, shared state in a dependency",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_name_is_required() {
+        let errors = errors(quote!(), quote!(impl Svc {}));
+        assert_eq!(
+            errors,
+            ["#[service] needs the service's name: #[nameko::service(name = \"greeting\")]"]
+        );
+    }
+
+    #[test]
+    fn stacked_attributes_register_twice_and_are_stripped() {
+        let out = expand(
+            quote!(name = "svc"),
+            quote! {
+                impl Svc {
+                    #[rpc]
+                    #[event_handler("src", "ty", handler_type = "singleton")]
+                    async fn a(&self, #[arg(name = "type")] kind: u8) -> Result<(), E> { Ok(()) }
+                }
+            },
+        )
+        .unwrap()
+        .to_string();
+        assert_eq!(out.matches("entrypoints . add").count(), 2, "{out}");
+        assert!(out.contains("HandlerType :: Singleton"), "{out}");
+        assert!(out.contains("Param :: required (\"type\")"), "{out}");
+        assert!(!out.contains("# [rpc]") && !out.contains("# [arg"), "{out}");
+    }
+}
