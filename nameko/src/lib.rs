@@ -61,6 +61,9 @@ pub use nameko_cli as cli;
 pub use nameko_core as core;
 #[doc(inline)]
 pub use nameko_extensions::{broker, context, events, memory, rpc};
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use nameko_macros::{Dependencies, RemoteError, rpc_client, service};
 
 /// The everyday names: `use nameko::prelude::*;`.
 pub mod prelude {
@@ -96,7 +99,7 @@ pub mod __private {
     #[doc(hidden)]
     macro_rules! __submit_service {
         ($service:ty) => {
-            ::nameko::core::register_service!($service);
+            $crate::core::register_service!($service);
         };
     }
 

@@ -58,6 +58,9 @@ pub enum RpcError {
     /// The reply could not be read, or its result did not fit the expected type.
     #[error("could not decode the RPC reply: {0}")]
     Decode(String),
+    /// An argument of a typed call could not be encoded as JSON; nothing was sent.
+    #[error("could not encode the RPC arguments: {0}")]
+    Encode(String),
 }
 
 impl RpcError {

@@ -1,0 +1,327 @@
+//! The entrypoint attributes `#[service]` reads on methods. Adding one (`#[http]`,
+//! `#[timer]`, `#[ws_rpc]`) is one variant here, its parser in [`take`], and its
+//! expansion in [`EntrypointAttr::expand`].
+
+use proc_macro2::TokenStream;
+use quote::{ToTokens, quote, quote_spanned};
+use syn::{
+    Attribute, Expr, LitBool, LitStr, Meta, Path, Token,
+    parse::{ParseStream, Parser},
+    spanned::Spanned,
+};
+
+use super::method::Method;
+use crate::{
+    args::{self, Seen},
+    ctxt::Ctxt,
+};
+
+/// One entrypoint attribute on a method.
+pub(crate) enum EntrypointAttr {
+    /// `#[rpc]`, `#[rpc(name = "...")]`.
+    Rpc(RpcAttr),
+    /// `#[event_handler("source", "event_type", ...)]`.
+    EventHandler(EventHandlerAttr),
+    /// `#[entrypoint(<expr>)]`: any `Entrypoint` value.
+    Custom(CustomAttr),
+}
+
+pub(crate) struct RpcAttr {
+    attr: Attribute,
+    name: Option<LitStr>,
+}
+
+pub(crate) struct EventHandlerAttr {
+    attr: Attribute,
+    source: LitStr,
+    event_type: LitStr,
+    handler_type: Option<(LitStr, &'static str)>,
+    reliable_delivery: Option<LitBool>,
+    broadcast_identifier: Option<LitStr>,
+    requeue_on_error: Option<LitBool>,
+}
+
+pub(crate) struct CustomAttr {
+    attr: Attribute,
+    entrypoint: Expr,
+}
+
+const NAMES: &[&str] = &["rpc", "event_handler", "entrypoint"];
+
+/// Reads and strips the entrypoint attributes from `attrs`.
+pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr> {
+    let mut out = Vec::new();
+    attrs.retain(|attr| {
+        let Some(name) = NAMES.iter().find(|n| attr.path().is_ident(n)) else {
+            return true;
+        };
+        let parsed = match *name {
+            "rpc" => rpc(attr).map(EntrypointAttr::Rpc),
+            "event_handler" => event_handler(attr).map(EntrypointAttr::EventHandler),
+            _ => custom(attr).map(EntrypointAttr::Custom),
+        };
+        if let Some(parsed) = cx.ok(parsed) {
+            out.push(parsed);
+        }
+        false
+    });
+    out
+}
+
+fn rpc(attr: &Attribute) -> syn::Result<RpcAttr> {
+    let mut out = RpcAttr {
+        attr: attr.clone(),
+        name: None,
+    };
+    match &attr.meta {
+        Meta::Path(_) => {}
+        Meta::List(list) => {
+            let mut seen = Seen::default();
+            for kv in args::parse_list(list.tokens.clone())? {
+                seen.first(&kv)?;
+                match kv.name().as_str() {
+                    "name" => out.name = Some(kv.str()?),
+                    _ => return Err(args::unknown_key(&kv, "rpc", &["name"])),
+                }
+            }
+        }
+        Meta::NameValue(nv) => {
+            return Err(syn::Error::new_spanned(nv, "write #[rpc] or #[rpc(name = \"...\")]"));
+        }
+    }
+    Ok(out)
+}
+
+const HANDLER_KEYS: &[&str] = &[
+    "handler_type",
+    "reliable_delivery",
+    "broadcast_identifier",
+    "requeue_on_error",
+];
+
+fn event_handler(attr: &Attribute) -> syn::Result<EventHandlerAttr> {
+    const USAGE: &str = "write #[event_handler(\"source_service\", \"event_type\", ...)]";
+    let list = attr
+        .meta
+        .require_list()
+        .map_err(|err| syn::Error::new(err.span(), USAGE))?;
+    let parser = |input: ParseStream<'_>| {
+        let source: LitStr = input.parse().map_err(|err| syn::Error::new(err.span(), USAGE))?;
+        input
+            .parse::<Token![,]>()
+            .map_err(|err| syn::Error::new(err.span(), USAGE))?;
+        let event_type: LitStr = input.parse().map_err(|err| syn::Error::new(err.span(), USAGE))?;
+        let rest = if input.is_empty() {
+            Vec::new()
+        } else {
+            input.parse::<Token![,]>()?;
+            args::parse_rest(input)?
+        };
+        Ok((source, event_type, rest))
+    };
+    let (source, event_type, rest) = parser.parse2(list.tokens.clone())?;
+    let mut out = EventHandlerAttr {
+        attr: attr.clone(),
+        source,
+        event_type,
+        handler_type: None,
+        reliable_delivery: None,
+        broadcast_identifier: None,
+        requeue_on_error: None,
+    };
+    let mut seen = Seen::default();
+    for kv in rest {
+        seen.first(&kv)?;
+        match kv.name().as_str() {
+            "handler_type" => {
+                let lit = kv.str()?;
+                let variant = match lit.value().as_str() {
+                    "service_pool" => "ServicePool",
+                    "singleton" => "Singleton",
+                    "broadcast" => "Broadcast",
+                    other => {
+                        return Err(syn::Error::new_spanned(
+                            &lit,
+                            format!(
+                                "unknown handler_type `{other}`; expected one of: \"service_pool\", \"singleton\", \"broadcast\""
+                            ),
+                        ));
+                    }
+                };
+                out.handler_type = Some((lit, variant));
+            }
+            "reliable_delivery" => out.reliable_delivery = Some(kv.bool()?),
+            "broadcast_identifier" => out.broadcast_identifier = Some(kv.str()?),
+            "requeue_on_error" => out.requeue_on_error = Some(kv.bool()?),
+            _ => return Err(args::unknown_key(&kv, "event_handler", HANDLER_KEYS)),
+        }
+    }
+    Ok(out)
+}
+
+fn custom(attr: &Attribute) -> syn::Result<CustomAttr> {
+    let list = attr.meta.require_list().map_err(|err| {
+        syn::Error::new(
+            err.span(),
+            "write #[entrypoint(<an Entrypoint value>)], e.g. #[entrypoint(Once::<()>::new(()))]",
+        )
+    })?;
+    Ok(CustomAttr {
+        attr: attr.clone(),
+        entrypoint: syn::parse2(list.tokens.clone())?,
+    })
+}
+
+impl EntrypointAttr {
+    /// The attribute's name, for messages: `rpc`, `event_handler`, `entrypoint`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Rpc(_) => "rpc",
+            Self::EventHandler(_) => "event_handler",
+            Self::Custom(_) => "entrypoint",
+        }
+    }
+
+    /// The name the entrypoint is registered under: the method's, or `#[rpc(name)]`.
+    pub(crate) fn registered_name(&self, method: &Method) -> String {
+        match self {
+            Self::Rpc(RpcAttr { name: Some(name), .. }) => name.value(),
+            _ => method.ident.to_string(),
+        }
+    }
+
+    /// The attribute, to point errors at.
+    pub(crate) fn span_tokens(&self) -> TokenStream {
+        match self {
+            Self::Rpc(a) => a.attr.to_token_stream(),
+            Self::EventHandler(a) => a.attr.to_token_stream(),
+            Self::Custom(a) => a.attr.to_token_stream(),
+        }
+    }
+
+    /// The statement registering the entrypoint on `entrypoints`.
+    pub(crate) fn expand(&self, cx: &Ctxt, method: &Method, krate: &Path) -> Option<TokenStream> {
+        let p = quote!(#krate::__private);
+        let name = LitStr::new(&self.registered_name(method), method.ident.span());
+        let assert_result = method.assert_result();
+        let ok = method.ok_type(&p);
+        // Errors about the method's types point at its return type, not at `#[service]`.
+        let add = quote_spanned! {method.ret_span=> entrypoints.add };
+        let body = match self {
+            Self::Rpc(_) => {
+                let tys: Vec<_> = method.params.iter().map(|param| &param.ty).collect();
+                let deserialize = tys
+                    .iter()
+                    .map(|ty| quote_spanned! {ty.span()=> let _ = __assert_deserialize::<#ty>; });
+                let serialize = quote_spanned! {method.ret_span=> let _ = __assert_serialize::<#ok>; };
+                let decode = if method.params.is_empty() {
+                    quote! {
+                        args.bind(method, &[])?;
+                        ::core::result::Result::Ok(Self())
+                    }
+                } else {
+                    let params = method.params.iter().map(|param| {
+                        let wire = &param.wire;
+                        if param.is_optional() {
+                            quote!(#p::Param::optional(#wire))
+                        } else {
+                            quote!(#p::Param::required(#wire))
+                        }
+                    });
+                    let values = method.params.iter().map(|param| {
+                        let (wire, ty) = (&param.wire, &param.ty);
+                        let decode = args::respan(quote!(#p::decode_arg::<#ty>), ty.span());
+                        quote!(#decode(method, #wire, values.next().unwrap_or_default())?)
+                    });
+                    quote! {
+                        let mut values = args.bind(method, &[ #( #params ),* ])?.into_iter();
+                        ::core::result::Result::Ok(Self( #( #values ),* ))
+                    }
+                };
+                let indices = (0..method.params.len()).map(syn::Index::from);
+                let handler = method.handler(&p, quote!(args: __Args), quote!( #( args.#indices ),* ));
+                let rpc_entrypoint = args::respan(quote!(#p::RpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
+                quote! {
+                    #( #deserialize )*
+                    #serialize
+                    struct __Args( #( #tys ),* );
+                    impl #p::FromRpcArgs for __Args {
+                        fn from_rpc_args(
+                            args: #p::RpcArgs,
+                            method: &str,
+                        ) -> ::core::result::Result<Self, #p::RemoteError> {
+                            #decode
+                        }
+                    }
+                    #add(#name, #rpc_entrypoint, #handler);
+                }
+            }
+            Self::EventHandler(attr) => {
+                let [param] = method.params.as_slice() else {
+                    cx.error_spanned_by(
+                        &method.ident,
+                        format!(
+                            "an #[event_handler] method takes exactly one payload parameter after `&self`, found {}",
+                            method.params.len()
+                        ),
+                    );
+                    return None;
+                };
+                let ty = &param.ty;
+                let deserialize = quote_spanned! {ty.span()=> let _ = __assert_deserialize::<#ty>; };
+                let (source, event_type) = (&attr.source, &attr.event_type);
+                let mut options = Vec::new();
+                if let Some((lit, variant)) = &attr.handler_type {
+                    let variant = syn::Ident::new(variant, lit.span());
+                    options.push(quote!(.handler_type(#p::HandlerType::#variant)));
+                }
+                if let Some(value) = &attr.reliable_delivery {
+                    options.push(quote!(.reliable_delivery(#value)));
+                }
+                if let Some(value) = &attr.broadcast_identifier {
+                    options.push(quote!(.broadcast_identifier(#value)));
+                }
+                if let Some(value) = &attr.requeue_on_error {
+                    options.push(quote!(.requeue_on_error(#value)));
+                }
+                let handler = method.handler(&p, quote!(payload: #ty), quote!(payload));
+                let event_handler = args::respan(quote!(#p::EventHandler::<#ty, #ok>), ty.span());
+                let event_handler = quote!(#event_handler::new(#source, #event_type));
+                quote! {
+                    #deserialize
+                    #add(
+                        #name,
+                        #event_handler #( #options )*,
+                        #handler,
+                    );
+                }
+            }
+            Self::Custom(attr) => {
+                let entrypoint = &attr.entrypoint;
+                let handler = match method.params.as_slice() {
+                    [] => method.handler(&p, quote!((): ()), quote!()),
+                    [param] => {
+                        let ty = &param.ty;
+                        method.handler(&p, quote!(request: #ty), quote!(request))
+                    }
+                    _ => {
+                        cx.error_spanned_by(
+                            &method.ident,
+                            "an #[entrypoint] method takes at most one request parameter after `&self`",
+                        );
+                        return None;
+                    }
+                };
+                quote! {
+                    entrypoints.add(#name, #entrypoint, #handler);
+                }
+            }
+        };
+        Some(quote! {
+            {
+                #assert_result
+                #body
+            }
+        })
+    }
+}

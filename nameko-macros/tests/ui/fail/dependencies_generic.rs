@@ -1,0 +1,6 @@
+#[derive(nameko::Dependencies)]
+struct Svc<T> {
+    value: T,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use nameko::prelude::UserId;
+
+#[derive(nameko::Dependencies)]
+struct Svc(UserId);
+
+fn main() {}

@@ -1,0 +1,19 @@
+use nameko::prelude::RemoteError;
+
+#[derive(nameko::Dependencies)]
+struct Svc {}
+
+#[nameko::service(name = "svc")]
+impl Svc {
+    #[rpc]
+    async fn add(&self, a: i64) -> Result<i64, RemoteError> {
+        Ok(a)
+    }
+
+    #[rpc(name = "add")]
+    async fn add_again(&self, a: i64) -> Result<i64, RemoteError> {
+        Ok(a)
+    }
+}
+
+fn main() {}

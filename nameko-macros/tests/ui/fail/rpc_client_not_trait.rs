@@ -1,0 +1,4 @@
+#[nameko::rpc_client(service = "maths")]
+pub struct Maths;
+
+fn main() {}

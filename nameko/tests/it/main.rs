@@ -1,0 +1,3 @@
+//! Integration tests of the `nameko` facade: one binary, one module per area.
+
+mod macros;
