@@ -1,11 +1,33 @@
 //! The nameko-rs guide. Each chapter is a Markdown file under `docs/guide/`, included
 //! here so that every code block in it compiles and runs as a doctest.
+//!
+//! 1. [Anatomy of a service](anatomy)
+//! 2. [Dependencies and providers](dependencies)
+//! 3. [RPC](rpc)
+//! 4. [Events](events)
+//! 5. [Testing](testing)
+//! 6. [Configuration](configuration)
 
-#[doc = include_str!("../guide/configuration.md")]
-pub mod configuration {}
+#[doc = include_str!("../guide/anatomy.md")]
+///
+/// ## The whole example
+///
+/// This is `examples/greeting/src/lib.rs`, compiled here as it is:
+///
+#[doc = concat!("```rust\n", include_str!("../../examples/greeting/src/lib.rs"), "\n# fn main() {}\n```")]
+pub mod anatomy {}
+
+#[doc = include_str!("../guide/dependencies.md")]
+pub mod dependencies {}
 
 #[doc = include_str!("../guide/rpc.md")]
 pub mod rpc {}
 
 #[doc = include_str!("../guide/events.md")]
 pub mod events {}
+
+#[doc = include_str!("../guide/testing.md")]
+pub mod testing {}
+
+#[doc = include_str!("../guide/configuration.md")]
+pub mod configuration {}

@@ -21,15 +21,22 @@ use proc_macro2::TokenStream as TokenStream2;
 /// Implements `Dependencies` for a struct whose fields are dependencies, and writes
 /// its provider slots and a worker factory for unit tests.
 ///
-/// ```ignore
+/// ```
+/// # use nameko::prelude::*;
+/// # use nameko::events::EventDispatcher;
+/// # use nameko::rpc::{Rpc, RpcError};
+/// # #[nameko::rpc_client(service = "maths")]
+/// # pub trait Maths { async fn add(&self, a: i64, b: i64) -> Result<i64, RpcError>; }
+/// # #[derive(serde::Deserialize)]
+/// # pub struct GreetingSettings { salutation: String }
 /// #[derive(nameko::Dependencies)]
 /// pub struct Greeting {
 ///     dispatch: EventDispatcher,
 ///     maths: Rpc<dyn Maths>,
 ///     #[dependency(key = "GREETING")]            // → Provider::of().with_arg("key", "GREETING")
 ///     settings: Settings<GreetingSettings>,
-///     #[dependency(provider = Lazy::new(DbProvider::default()))] // → Provider::new(<expr>)
-///     db: Lazy<Db>,
+///     #[dependency(provider = nameko::core::deps::Dep::<str>::provider())] // → Provider::new(<expr>)
+///     motto: Dep<str>,
 /// }
 /// ```
 ///
@@ -57,25 +64,33 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 /// Implements `Service` for the struct of an inherent impl block, from the entrypoint
 /// attributes on its methods.
 ///
-/// ```ignore
+/// ```
+/// # use nameko::prelude::*;
+/// # use nameko::core::entrypoints::Once;
+/// # use serde_json::Value;
+/// # type GreetingError = RemoteError;
+/// # #[derive(serde::Deserialize)] pub struct OrderCreated { id: u64 }
+/// # #[derive(nameko::Dependencies)] pub struct Greeting {}
 /// #[nameko::service(name = "greeting")]
 /// impl Greeting {
 ///     #[rpc]
 ///     async fn greet(&self, name: String, #[arg(name = "type")] kind: Option<String>)
-///         -> Result<String, GreetingError> { .. }
+///         -> Result<String, GreetingError> {
+///         Ok(format!("Hi, {name} ({})", kind.unwrap_or_default()))
+///     }
 ///
 ///     #[rpc(name = "hello")]                     // registered as `hello`
-///     async fn say_hello(&self) -> Result<String, RemoteError> { .. }
+///     async fn say_hello(&self) -> Result<String, RemoteError> { Ok("hello".into()) }
 ///
 ///     #[event_handler("orders", "order_created")]
-///     async fn on_order(&self, order: OrderCreated) -> Result<(), GreetingError> { .. }
+///     async fn on_order(&self, order: OrderCreated) -> Result<(), GreetingError> { Ok(()) }
 ///
 ///     #[event_handler("config", "changed", handler_type = "broadcast", reliable_delivery = false)]
 ///     #[rpc]                                     // stacked: both registered
-///     async fn refresh(&self, change: Value) -> Result<(), GreetingError> { .. }
+///     async fn refresh(&self, change: Value) -> Result<(), GreetingError> { Ok(()) }
 ///
 ///     #[entrypoint(Once::<()>::new(()))]         // any `Entrypoint` value
-///     async fn seed(&self) -> Result<(), GreetingError> { .. }
+///     async fn seed(&self) -> Result<(), GreetingError> { Ok(()) }
 ///
 ///     fn helper(&self) {}                        // no attribute: left alone
 /// }
@@ -110,7 +125,9 @@ pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Makes a trait the typed RPC client of a service: fields `maths: Rpc<dyn Maths>`
 /// call service `maths` through it.
 ///
-/// ```ignore
+/// ```
+/// use nameko::rpc::RpcError;
+///
 /// #[nameko::rpc_client(service = "maths")]
 /// #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 /// pub trait Maths {
@@ -141,7 +158,9 @@ pub fn rpc_client(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `std::error::Error + Send + Sync + 'static`, e.g. with `thiserror`): the error reaches
 /// callers as a Nameko remote error.
 ///
-/// ```ignore
+/// ```
+/// use nameko::events::DispatchError;
+///
 /// #[derive(Debug, thiserror::Error, nameko::RemoteError)]
 /// pub enum GreetingError {
 ///     #[error("no user {0}")]
