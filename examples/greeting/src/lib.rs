@@ -38,6 +38,15 @@ pub enum GreetingError {
     Dispatch(#[from] DispatchError),
 }
 
+/// How other services call `greeting`: a field `greeting: Rpc<dyn GreetingClient>`.
+/// With the `mocks` feature, other crates' tests get `MockGreetingClient`.
+#[nameko::rpc_client(service = "greeting")]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait GreetingClient {
+    /// Calls `greeting.greet(name)`.
+    async fn greet(&self, name: String) -> Result<String, nameko::rpc::RpcError>;
+}
+
 /// The `greeting` service.
 #[derive(Debug, nameko::Dependencies)]
 pub struct Greeting {
