@@ -2,12 +2,15 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use nameko_core::{BoxError, Dependency, DependencyProvider, SetupContext, SetupError, WorkerContext};
+use nameko_core::{
+    BoxError, CALL_ID_STACK_KEY, Config, ContextData, Dependency, DependencyProvider, SetupContext, SetupError,
+    TRACE_ID_KEY, WorkerContext,
+};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use super::{RpcArgs, RpcClient, RpcError, RpcReply};
-use crate::transport;
+use crate::{broker::SharedBroker, transport};
 
 /// The timeout of calls made by the RPC dependencies unless the config's
 /// `rpc_timeout` (seconds; `0` waits forever) or the field's `timeout` argument says
@@ -97,6 +100,8 @@ fn seconds(secs: f64) -> Result<Option<Duration>, String> {
 pub struct ClusterRpc {
     client: RpcClient,
     cx: Option<WorkerContext>,
+    /// Outside a worker: the context data sent with every call.
+    data: ContextData,
     timeout: Option<Duration>,
 }
 
@@ -121,7 +126,20 @@ impl ClusterRpc {
         method: &str,
         args: impl Into<RpcArgs>,
     ) -> Result<RpcReply, RpcError> {
-        let data = self.cx.as_ref().map(WorkerContext::outgoing_data).unwrap_or_default();
+        let data = match &self.cx {
+            Some(cx) => cx.outgoing_data(),
+            None => {
+                // A standalone call is the edge: a fresh trace, and a call id of its own
+                // (Nameko's standalone proxy sends `standalone_rpc_proxy.call.<uuid>`).
+                let mut data = self.data.clone();
+                if data.trace_id().is_none() {
+                    data.insert(TRACE_ID_KEY, uuid::Uuid::new_v4().simple().to_string());
+                }
+                let call_id = format!("standalone_rpc_proxy.call.{}", uuid::Uuid::new_v4());
+                data.insert(CALL_ID_STACK_KEY, vec![call_id]);
+                data
+            }
+        };
         self.client
             .call_async(service, method, args.into(), &data, self.timeout)
             .await
@@ -151,8 +169,56 @@ impl ClusterRpc {
         Self {
             client,
             cx: None,
+            data: ContextData::new(),
             timeout,
         }
+    }
+
+    /// A cluster RPC client for any tokio program (Nameko's `ClusterRpcProxy`): a reply
+    /// queue of its own on `broker`, the RPC exchange of `config`, and its `rpc_timeout`
+    /// (default 30 s) for every call.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use nameko_core::{Config, ContextData};
+    /// use nameko_extensions::{memory::MemoryBroker, rpc::ClusterRpc};
+    ///
+    /// let broker = MemoryBroker::new(); // or RabbitMQ
+    /// let rpc = ClusterRpc::connect(broker.shared(), &Config::default()).await?
+    ///     .with_data(ContextData::new().with("user_id", "u-42"));
+    /// let err = rpc.call("nobody", "hello", serde_json::Value::Null).await.unwrap_err();
+    /// assert_eq!(err.to_string(), "Unknown service `nobody`");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::Transport`] when the reply queue cannot be declared or consumed, or
+    /// `rpc_timeout` is not a number of seconds.
+    pub async fn connect(broker: SharedBroker, config: &Config) -> Result<Self, RpcError> {
+        let timeout = match config.get("rpc_timeout") {
+            None => Some(DEFAULT_RPC_TIMEOUT),
+            Some(value) => value
+                .as_f64()
+                .ok_or_else(|| "expected a number of seconds".to_owned())
+                .and_then(seconds)
+                .map_err(|err| RpcError::Transport(format!("{}: rpc_timeout: {err}", value.location())))?,
+        };
+        let client = RpcClient::start(broker, config.rpc_exchange(), "standalone_rpc_proxy", timeout)
+            .await
+            .map_err(|err| RpcError::Transport(err.to_string()))?;
+        Ok(Self::standalone(client))
+    }
+
+    /// Outside a worker: the context data (`user_id`, `language`…) sent with every call.
+    #[must_use]
+    pub fn with_data(&self, data: ContextData) -> Self {
+        Self { data, ..self.clone() }
+    }
+
+    /// The reply listener behind this proxy; stop it when done.
+    pub fn client(&self) -> &RpcClient {
+        &self.client
     }
 }
 
@@ -186,6 +252,7 @@ impl DependencyProvider for ClusterRpcProvider {
             ClusterRpc {
                 client,
                 cx: Some(cx.clone()),
+                data: ContextData::new(),
                 timeout,
             },
             (),

@@ -42,6 +42,14 @@ impl<T: ?Sized> Rpc<T> {
     }
 }
 
+impl<T: ?Sized + RpcInterface> Rpc<T> {
+    /// A typed client outside any worker, over a standalone
+    /// [`ClusterRpc`](super::ClusterRpc::connect).
+    pub fn standalone(rpc: &super::ClusterRpc) -> Self {
+        Self(T::from_service_rpc(rpc.service(T::SERVICE)))
+    }
+}
+
 impl<T: ?Sized> Clone for Rpc<T> {
     fn clone(&self) -> Self {
         Self(Arc::clone(&self.0))
