@@ -13,7 +13,7 @@ use nameko::{
 use serde_json::{Value, json};
 
 #[derive(Debug, nameko::Dependencies)]
-pub struct Echo {
+pub(crate) struct Echo {
     cx: WorkerContext,
     user: UserId,
 }
@@ -21,18 +21,18 @@ pub struct Echo {
 #[nameko::service(name = "echo")]
 impl Echo {
     #[rpc]
-    pub async fn whoami(&self) -> Result<Value, RemoteError> {
+    pub(crate) async fn whoami(&self) -> Result<Value, RemoteError> {
         Ok(json!({ "user": self.user.value(), "stack": self.cx.call_id_stack() }))
     }
 
     #[rpc]
-    pub async fn double(&self, x: i64) -> Result<i64, RemoteError> {
+    pub(crate) async fn double(&self, x: i64) -> Result<i64, RemoteError> {
         Ok(2 * x)
     }
 }
 
 #[nameko::rpc_client(service = "echo")]
-pub trait EchoClient {
+pub(crate) trait EchoClient {
     async fn double(&self, x: i64) -> Result<i64, RpcError>;
 }
 
