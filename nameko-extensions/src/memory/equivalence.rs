@@ -21,66 +21,37 @@ const CHECKED_QUEUE_ARGS: &[&str] = &[
     "x-single-active-consumer",
 ];
 
-fn inequivalent(field: &str, entity: &str, name: &str, received: &str, current: &str) -> BrokerError {
-    BrokerError::PreconditionFailed(format!(
-        "inequivalent arg '{field}' for {entity} '{name}' in vhost '{VHOST}': received '{received}' but current is \
-         '{current}'"
-    ))
+/// `PRECONDITION_FAILED` in RabbitMQ's words unless `current == received`.
+fn same<T: PartialEq + ToString>(
+    field: &str,
+    entity: &str,
+    name: &str,
+    received: T,
+    current: T,
+) -> Result<(), BrokerError> {
+    if received == current {
+        return Ok(());
+    }
+    Err(BrokerError::PreconditionFailed(format!(
+        "inequivalent arg '{field}' for {entity} '{name}' in vhost '{VHOST}': received '{}' but current is '{}'",
+        received.to_string(),
+        current.to_string()
+    )))
 }
 
 /// Checks a redeclare of `current` as `new` (same name).
 pub(super) fn exchange_equivalent(current: &Exchange, new: &Exchange) -> Result<(), BrokerError> {
-    if current.kind != new.kind {
-        return Err(inequivalent(
-            "type",
-            "exchange",
-            &new.name,
-            new.kind.as_str(),
-            current.kind.as_str(),
-        ));
-    }
-    if current.durable != new.durable {
-        return Err(inequivalent(
-            "durable",
-            "exchange",
-            &new.name,
-            &new.durable.to_string(),
-            &current.durable.to_string(),
-        ));
-    }
-    if current.auto_delete != new.auto_delete {
-        return Err(inequivalent(
-            "auto_delete",
-            "exchange",
-            &new.name,
-            &new.auto_delete.to_string(),
-            &current.auto_delete.to_string(),
-        ));
-    }
-    Ok(())
+    let name = &new.name;
+    same("type", "exchange", name, new.kind.as_str(), current.kind.as_str())?;
+    same("durable", "exchange", name, new.durable, current.durable)?;
+    same("auto_delete", "exchange", name, new.auto_delete, current.auto_delete)
 }
 
 /// Checks a redeclare of `current` as `new` (same name, same exclusivity and owner:
 /// those are checked first, as `RESOURCE_LOCKED`).
 pub(super) fn queue_equivalent(current: &Queue, new: &Queue) -> Result<(), BrokerError> {
-    if current.durable != new.durable {
-        return Err(inequivalent(
-            "durable",
-            "queue",
-            &new.name,
-            &new.durable.to_string(),
-            &current.durable.to_string(),
-        ));
-    }
-    if current.auto_delete != new.auto_delete {
-        return Err(inequivalent(
-            "auto_delete",
-            "queue",
-            &new.name,
-            &new.auto_delete.to_string(),
-            &current.auto_delete.to_string(),
-        ));
-    }
+    same("durable", "queue", &new.name, new.durable, current.durable)?;
+    same("auto_delete", "queue", &new.name, new.auto_delete, current.auto_delete)?;
     for arg in CHECKED_QUEUE_ARGS {
         let (old, received) = (current.arguments.get(arg), new.arguments.get(arg));
         let same = match (old, received) {
