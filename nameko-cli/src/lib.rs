@@ -398,14 +398,15 @@ impl Cli {
     async fn run_services(self, args: RunArgs, signals: &mut Signals) -> Result<(), CliError> {
         let config = load_config(&args.config)?;
         let transport = Transport::select(args.transport, &config);
-        let transport_resources = transport.resources()?;
         let runner = ServiceRunner::new(config.clone())
             .with_registered(&args.services)?
             .stop_timeout(args.stop_timeout);
         if runner.service_names().is_empty() {
             return Err(CliError::NoServices);
         }
+        let services: Vec<String> = runner.service_names().iter().map(ToString::to_string).collect();
         let startup = async {
+            let transport_resources = transport.resources(&services).await?;
             let user_resources = match self.resources {
                 Some(hook) => hook(config).await.map_err(CliError::Resources)?,
                 None => Resources::new(),

@@ -1,7 +1,13 @@
 //! Which message transport `run` uses.
 
+use std::sync::Arc;
+
 use nameko_core::{Config, Resources};
-use nameko_extensions::{broker::Broker, memory::MemoryBroker};
+use nameko_extensions::{
+    amqp::{AmqpBroker, AmqpOptions, AmqpUri, UriError},
+    broker::{Broker, BrokerError},
+    memory::MemoryBroker,
+};
 
 use crate::{args::TransportKind, mask::mask_secrets};
 
@@ -17,15 +23,19 @@ use crate::{args::TransportKind, mask::mask_secrets};
 /// let config = Config::default();
 /// assert!(matches!(Transport::select(None, &config), Transport::Amqp { .. }));
 /// let memory = Transport::select(Some(TransportKind::Memory), &config);
-/// assert!(memory.resources().is_ok());
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// assert!(memory.resources(&["greeting".to_owned()]).await.is_ok());
+/// # });
 /// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Transport {
-    /// RabbitMQ at `uri` (the config's `AMQP_URI`).
+    /// RabbitMQ at `uri` (the config's `AMQP_URI`), with the config's `HEARTBEAT`.
     Amqp {
         /// The broker URI, unmasked.
         uri: String,
+        /// Heartbeat interval in seconds.
+        heartbeat: u16,
     },
     /// One in-memory broker shared by every service of the process.
     Memory(MemoryBroker),
@@ -35,14 +45,27 @@ pub enum Transport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
-    /// AMQP was selected, but this build has no AMQP transport.
-    #[error(
-        "the AMQP transport is not built into this version of nameko-rs yet (AMQP_URI is {uri}); \
-         run with --transport memory"
-    )]
-    AmqpNotBuilt {
-        /// The broker URI, its password masked.
+    /// `AMQP_URI` is not a URI kombu would accept.
+    #[error("invalid AMQP_URI {uri}: {error}")]
+    InvalidUri {
+        /// The URI, its password masked.
         uri: String,
+        /// What is wrong.
+        #[source]
+        error: UriError,
+    },
+    /// RabbitMQ could not be reached or refused the connection. There is no fallback
+    /// to the memory transport.
+    #[error(
+        "cannot connect to RabbitMQ at {uri}: {error} (never falling back to memory: \
+         start RabbitMQ, fix AMQP_URI or --broker, or run with --transport memory)"
+    )]
+    AmqpConnect {
+        /// The URI, its password masked.
+        uri: String,
+        /// Why.
+        #[source]
+        error: BrokerError,
     },
 }
 
@@ -54,6 +77,7 @@ impl Transport {
             Some(TransportKind::Memory) => Self::Memory(MemoryBroker::new()),
             Some(TransportKind::Amqp) | None => Self::Amqp {
                 uri: config.amqp_uri().to_owned(),
+                heartbeat: u16::try_from(config.heartbeat()).unwrap_or(u16::MAX),
             },
         }
     }
@@ -68,15 +92,45 @@ impl Transport {
     }
 
     /// The runner resources the services find the transport by: the broker as
-    /// `dyn Broker`.
+    /// `dyn Broker`. For AMQP this connects to RabbitMQ, naming the connection after
+    /// `services` and the host.
     ///
     /// # Errors
     ///
-    /// [`TransportError::AmqpNotBuilt`] for AMQP, until the AMQP transport lands.
-    pub fn resources(&self) -> Result<Resources, TransportError> {
+    /// [`TransportError::InvalidUri`] or [`TransportError::AmqpConnect`], naming the
+    /// URI with its password masked.
+    pub async fn resources(&self, services: &[String]) -> Result<Resources, TransportError> {
         match self {
-            Self::Amqp { uri } => Err(TransportError::AmqpNotBuilt { uri: mask_secrets(uri) }),
+            Self::Amqp { uri, heartbeat } => {
+                let parsed = AmqpUri::parse(uri).map_err(|error| TransportError::InvalidUri {
+                    uri: mask_secrets(uri),
+                    error,
+                })?;
+                let name = format!("nameko-rs {} on {}", services.join(","), hostname());
+                let options = AmqpOptions::new(name).heartbeat(*heartbeat);
+                let broker =
+                    AmqpBroker::connect(&parsed, options)
+                        .await
+                        .map_err(|error| TransportError::AmqpConnect {
+                            uri: parsed.to_string(),
+                            error,
+                        })?;
+                let broker: Arc<dyn Broker> = Arc::new(broker);
+                Ok(Resources::new().with::<dyn Broker>(broker))
+            }
             Self::Memory(broker) => Ok(Resources::new().with::<dyn Broker>(broker.shared())),
         }
     }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown host".to_owned())
 }

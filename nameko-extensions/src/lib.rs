@@ -7,12 +7,15 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | [`broker`] | the broker trait: the AMQP model every messaging feature is written against |
+//! | `amqp` | RabbitMQ (lapin), behind the `amqp` feature: `AmqpBroker`, `AmqpUri` |
 //! | [`memory`] | the in-memory broker (`--transport memory`, and tests) |
 //! | [`rpc`] | the `rpc` entrypoint, RPC clients and dependencies |
 //! | [`events`] | the `event_handler` entrypoint and the event dispatcher |
 //! | [`context`] | context data as `nameko.*` headers |
 //! | [`transport`] | how extensions find the runner's broker |
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod broker;
 pub mod context;
 pub mod events;

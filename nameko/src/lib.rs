@@ -60,6 +60,8 @@ pub use nameko_cli as cli;
 #[doc(inline)]
 pub use nameko_core as core;
 #[doc(inline)]
+#[cfg(feature = "amqp")]
+pub use nameko_extensions::amqp;
 pub use nameko_extensions::{broker, context, events, memory, rpc};
 #[cfg(feature = "macros")]
 #[doc(inline)]

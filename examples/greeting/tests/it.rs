@@ -88,10 +88,16 @@ fn the_binary_stops_cleanly_on_sigterm() {
 #[test]
 fn the_default_transport_never_falls_back_to_memory() {
     let output = Command::new(env!("CARGO_BIN_EXE_example-greeting"))
-        .args(["run"])
+        .args(["run", "--broker", "amqp://guest:secret@127.0.0.1:1/"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("run with --transport memory"), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("never falling back to memory"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+    assert!(!stderr.contains("running on the memory transport"), "{stderr}");
 }

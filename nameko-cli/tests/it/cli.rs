@@ -157,25 +157,51 @@ async fn help_and_version() {
 #[tokio::test]
 async fn amqp_is_the_default_and_fails_clearly() {
     let probe = Probe::new(Mode::Quick);
+    // Port 1 on the loopback refuses at once: an unreachable RabbitMQ.
     for args in [
-        &["run", "cli-probe"][..],
-        &["run", "cli-probe", "--transport", "amqp"],
-        &["run", "cli-probe", "--broker", "amqp://app:hunter2@rabbit/"],
-        &["run", "cli-probe", "--define", "AMQP_URI=amqp://app:hunter2@rabbit/"],
+        &["run", "cli-probe", "--broker", "amqp://app:hunter2@127.0.0.1:1/"][..],
+        &[
+            "run",
+            "cli-probe",
+            "--transport",
+            "amqp",
+            "--broker",
+            "amqp://app:hunter2@127.0.0.1:1/",
+        ],
+        &[
+            "run",
+            "cli-probe",
+            "--define",
+            "AMQP_URI=amqp://app:hunter2@127.0.0.1:1/",
+        ],
     ] {
         let out = run_now(cli_with(&probe), args).await;
         assert_eq!(out.code, ExitCode::FAILURE, "{args:?}");
         assert!(
             out.stderr
-                .starts_with("error: the AMQP transport is not built into this version of nameko-rs yet"),
+                .starts_with("error: cannot connect to RabbitMQ at amqp://app:***@127.0.0.1:1/%2F"),
             "{args:?}: {}",
             out.stderr
         );
-        assert!(out.stderr.contains("run with --transport memory"), "{}", out.stderr);
+        assert!(out.stderr.contains("never falling back to memory"), "{}", out.stderr);
         assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+        assert!(
+            !out.stderr.contains("running on the memory transport"),
+            "{}",
+            out.stderr
+        );
     }
-    let out = run_now(cli_with(&probe), &["run", "--broker", "amqp://app:hunter2@rabbit/"]).await;
-    assert!(out.stderr.contains("amqp://app:***@rabbit/"), "{}", out.stderr);
+    let out = run_now(
+        cli_with(&probe),
+        &["run", "--broker", "amqp://app:hunter2@rabbit:5672/%zz"],
+    )
+    .await;
+    assert!(
+        out.stderr
+            .starts_with("error: invalid AMQP_URI amqp://app:***@rabbit:5672/%zz"),
+        "{}",
+        out.stderr
+    );
     // Failed before the resources hook, and nothing ran.
     assert!(probe.events().is_empty(), "{:?}", probe.events());
 }

@@ -360,6 +360,19 @@ pub struct QueueInfo {
     pub consumers: usize,
 }
 
+impl QueueInfo {
+    /// A queue's report: its declare, and its ready, unacknowledged and consumer counts
+    /// (for brokers and test harnesses that list queues).
+    pub fn new(queue: Queue, ready: usize, unacked: usize, consumers: usize) -> Self {
+        Self {
+            queue,
+            ready,
+            unacked,
+            consumers,
+        }
+    }
+}
+
 /// The AMQP model, as RPC, events and publishers use it. Implemented by the in-memory
 /// broker and RabbitMQ.
 #[async_trait]

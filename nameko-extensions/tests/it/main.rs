@@ -1,5 +1,7 @@
 //! Integration tests of nameko-extensions: one binary, one module per area.
 
+#[cfg(feature = "amqp")]
+mod proxy;
 mod support;
 
 mod conformance;

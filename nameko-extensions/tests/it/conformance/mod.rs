@@ -8,6 +8,8 @@
 //! harness pauses time.
 
 mod memory;
+#[cfg(feature = "amqp")]
+mod rabbitmq;
 
 use std::{future::Future, time::Duration};
 
@@ -582,18 +584,20 @@ async fn auto_delete_queue(h: &dyn Harness) {
 async fn queue_expires(h: &dyn Harness) {
     let b = h.connect().await;
     let q = h.unique("expires");
-    let expires = Duration::from_secs(1);
+    // Long enough that listing queues (`rabbitmqctl` takes about half a second) ends
+    // well before the queue would expire.
+    let expires = Duration::from_secs(2);
     declare(&b, Topology::new().queue(transient(&q).expires(expires))).await;
     let consumer = b.consume(&q, ConsumeOptions::prefetch(0)).await.expect("consume");
-    sleep(expires * 2).await;
+    sleep(expires * 3 / 2).await;
     assert!(queue_info(h, &q).await.is_some(), "expired while consumed");
     with_timeout("cancel", consumer.control().cancel())
         .await
         .expect("the cancel");
-    sleep(expires * 3 / 4).await;
+    sleep(expires / 2).await;
     // Redeclaring counts as a use.
     declare(&b, Topology::new().queue(transient(&q).expires(expires))).await;
-    sleep(expires * 3 / 4).await;
+    sleep(expires / 2).await;
     assert!(queue_info(h, &q).await.is_some(), "expired although redeclared");
     eventually(h, "the unused queue expired", no_queue(&q)).await;
     cleanup(&b, &[&q], &[]).await;
