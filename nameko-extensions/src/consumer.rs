@@ -13,8 +13,19 @@ use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::broker::{
-    BrokerError, ConnectionEvent, ConsumeOptions, ConsumerControl, ConsumerEnd, Delivery, SharedBroker, Topology,
+    AckOutcome, BrokerError, ConnectionEvent, ConsumeOptions, ConsumerControl, ConsumerEnd, Delivery, SharedBroker,
+    Topology,
 };
+
+/// Logs what became of an acknowledgement of a `what` ("message", "event"): a stale
+/// or failed one means the broker will redeliver it.
+pub(crate) fn settle(result: Result<AckOutcome, BrokerError>, what: &str) {
+    match result {
+        Ok(AckOutcome::Done) => {}
+        Ok(AckOutcome::Stale) => tracing::info!("acknowledgement was stale: the broker will redeliver the {what}"),
+        Err(err) => tracing::warn!(%err, "could not settle a {what}; the broker will redeliver it"),
+    }
+}
 
 /// Handles one delivery. `stopping` is cancelled when the consumer stops: a handler
 /// that has not started its work yet should requeue the message then.

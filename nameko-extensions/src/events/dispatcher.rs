@@ -10,7 +10,7 @@ use nameko_core::{
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
-use super::events_exchange;
+use super::events_exchange_declare;
 use crate::{
     broker::{Exchange, Properties, Publish, PublishOutcome, SharedBroker, Topology},
     context::{edge_context, headers_from_context},
@@ -210,10 +210,8 @@ impl EventDispatcher {
 
 impl Inner {
     fn new(broker: SharedBroker, service: &str, config: &Config) -> Self {
-        let flag = |key: &str| config.get(key).and_then(|v| v.as_bool());
-        let mut exchange = Exchange::topic(events_exchange(service));
-        exchange.auto_delete = flag("AUTO_DELETE_EVENT_EXCHANGES").unwrap_or(false);
-        let declare = flag("DECLARE_EVENT_EXCHANGES") != Some(false);
+        let exchange = events_exchange_declare(service, config);
+        let declare = config.get("DECLARE_EVENT_EXCHANGES").and_then(|v| v.as_bool()) != Some(false);
         Self::Broker {
             broker,
             exchange,

@@ -6,10 +6,10 @@ use nameko_core::{Binding, Entrypoint, Extension, SetupContext, SetupError, Work
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::events_exchange;
+use super::events_exchange_declare;
 use crate::{
-    broker::{AckOutcome, Binding as QueueBinding, BrokerError, Delivery, Exchange, Queue, Topology},
-    consumer::{DeliveryHandler, QueueConsumer},
+    broker::{Binding as QueueBinding, Delivery, Queue, Topology},
+    consumer::{DeliveryHandler, QueueConsumer, settle},
     context::context_from_headers,
     transport,
 };
@@ -194,13 +194,8 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> Extension for
             .ok_or_else(|| SetupError::new("not bound"))?;
         let queue = self.queue(cx.service_name(), method)?;
         let queue_name = queue.name.clone();
-        let exchange_name = events_exchange(&self.source);
-        let mut exchange = Exchange::topic(&exchange_name);
-        exchange.auto_delete = cx
-            .config()
-            .get("AUTO_DELETE_EVENT_EXCHANGES")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+        let exchange = events_exchange_declare(&self.source, cx.config());
+        let exchange_name = exchange.name.clone();
         let topology = Topology::new()
             .exchange(exchange)
             .queue(queue)
@@ -273,33 +268,25 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> DeliveryHandl
                         routing_key = %delivery.routing_key,
                         "rejecting an event that does not decode: {err}"
                     );
-                    settle(delivery.reject(false).await);
+                    settle(delivery.reject(false).await, "event");
                     return;
                 }
             };
             let data = context_from_headers(delivery.properties.headers.as_ref());
             let handle = tokio::select! {
                 biased;
-                () = stopping.cancelled() => return settle(delivery.nack(true).await),
+                () = stopping.cancelled() => return settle(delivery.nack(true).await, "event"),
                 handle = binding.spawn(request, data) => match handle {
                     Ok(handle) => handle,
-                    Err(_) => return settle(delivery.nack(true).await),
+                    Err(_) => return settle(delivery.nack(true).await, "event"),
                 },
             };
             match handle.await {
-                Ok(_) => settle(delivery.ack().await),
-                Err(WorkerError::Killed | WorkerError::NotStarted(_)) => settle(delivery.nack(true).await),
-                Err(_) if requeue_on_error => settle(delivery.nack(true).await),
-                Err(_) => settle(delivery.ack().await),
+                Ok(_) => settle(delivery.ack().await, "event"),
+                Err(WorkerError::Killed | WorkerError::NotStarted(_)) => settle(delivery.nack(true).await, "event"),
+                Err(_) if requeue_on_error => settle(delivery.nack(true).await, "event"),
+                Err(_) => settle(delivery.ack().await, "event"),
             }
         })
-    }
-}
-
-fn settle(result: Result<AckOutcome, BrokerError>) {
-    match result {
-        Ok(AckOutcome::Done) => {}
-        Ok(AckOutcome::Stale) => tracing::info!("acknowledgement was stale: the broker will redeliver the event"),
-        Err(err) => tracing::warn!(%err, "could not settle an event; the broker will redeliver it"),
     }
 }

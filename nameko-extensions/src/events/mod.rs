@@ -26,3 +26,15 @@ pub use self::{
 pub fn events_exchange(service: &str) -> String {
     format!("{service}.events")
 }
+
+/// How `<service>.events` is declared — by the service's dispatcher and by every handler
+/// listening to it, which must agree or RabbitMQ refuses the second declare: a durable
+/// topic exchange, auto-deleted when config `AUTO_DELETE_EVENT_EXCHANGES` is true.
+pub(crate) fn events_exchange_declare(service: &str, config: &nameko_core::Config) -> crate::broker::Exchange {
+    let mut exchange = crate::broker::Exchange::topic(events_exchange(service));
+    exchange.auto_delete = config
+        .get("AUTO_DELETE_EVENT_EXCHANGES")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    exchange
+}

@@ -22,7 +22,7 @@ use crate::{
         Binding as QueueBinding, Delivery, Exchange, Headers, Properties, Publish, PublishOutcome, Queue, SharedBroker,
         Topology,
     },
-    consumer::{DeliveryHandler, QueueConsumer},
+    consumer::{DeliveryHandler, QueueConsumer, settle},
     context::context_from_headers,
     transport,
 };
@@ -207,7 +207,7 @@ impl RpcConsumer {
                 routing_key = %delivery.routing_key,
                 "rejecting an RPC request without `reply_to`: nobody could read its reply"
             );
-            settle(delivery.reject(false).await);
+            settle(delivery.reject(false).await, "message");
             return;
         };
         let handled = match checked {
@@ -221,12 +221,12 @@ impl RpcConsumer {
             }
         };
         match handled {
-            Handled::Requeue => settle(delivery.nack(true).await),
+            Handled::Requeue => settle(delivery.nack(true).await, "message"),
             Handled::Reply(result) => {
                 if self.reply(&delivery, &reply_to, result).await {
-                    settle(delivery.ack().await);
+                    settle(delivery.ack().await, "message");
                 } else {
-                    settle(delivery.nack(true).await);
+                    settle(delivery.nack(true).await, "message");
                 }
             }
         }
@@ -241,16 +241,6 @@ fn check_request(delivery: &Delivery) -> Result<RpcArgs, RemoteError> {
             "unsupported content type `{other}`; this service accepts `application/json`"
         ))),
         None => Err(RemoteError::malformed_request("Message missing `content_type`")),
-    }
-}
-
-fn settle(result: Result<crate::broker::AckOutcome, crate::broker::BrokerError>) {
-    match result {
-        Ok(crate::broker::AckOutcome::Done) => {}
-        Ok(crate::broker::AckOutcome::Stale) => {
-            tracing::info!("acknowledgement was stale: the broker will redeliver the message");
-        }
-        Err(err) => tracing::warn!(%err, "could not settle a message; the broker will redeliver it"),
     }
 }
 

@@ -39,16 +39,7 @@ async fn setup_client(cx: &mut SetupContext<'_>) -> Result<(RpcClient, Option<Du
     cx.claim_config_key("rpc_timeout");
     let timeout = match cx.arg("timeout") {
         Some(secs) => parse_timeout(secs).map_err(|err| SetupError::new(format!("bad `timeout` argument: {err}")))?,
-        None => match cx.config().get("rpc_timeout") {
-            None => Some(DEFAULT_RPC_TIMEOUT),
-            Some(value) => value
-                .as_f64()
-                .ok_or_else(|| "expected a number of seconds".to_owned())
-                .and_then(seconds)
-                .map_err(|err| {
-                    SetupError::new(format!("{}: rpc_timeout: {err} (0 waits forever)", value.location()))
-                })?,
-        },
+        None => configured_timeout(cx.config()).map_err(SetupError::new)?,
     };
     let service = cx.service_name();
     let exchange = cx.config().rpc_exchange().to_owned();
@@ -64,6 +55,19 @@ async fn setup_client(cx: &mut SetupContext<'_>) -> Result<(RpcClient, Option<Du
         })
         .await?;
     Ok((client.clone(), timeout))
+}
+
+/// The config's `rpc_timeout` (seconds; `0` waits forever), else the default; the
+/// error names where the bad value was set.
+fn configured_timeout(config: &Config) -> Result<Option<Duration>, String> {
+    let Some(value) = config.get("rpc_timeout") else {
+        return Ok(Some(DEFAULT_RPC_TIMEOUT));
+    };
+    value
+        .as_f64()
+        .ok_or_else(|| "expected a number of seconds".to_owned())
+        .and_then(seconds)
+        .map_err(|err| format!("{}: rpc_timeout: {err} (0 waits forever)", value.location()))
 }
 
 fn parse_timeout(secs: &str) -> Result<Option<Duration>, String> {
@@ -196,14 +200,7 @@ impl ClusterRpc {
     /// [`RpcError::Transport`] when the reply queue cannot be declared or consumed, or
     /// `rpc_timeout` is not a number of seconds.
     pub async fn connect(broker: SharedBroker, config: &Config) -> Result<Self, RpcError> {
-        let timeout = match config.get("rpc_timeout") {
-            None => Some(DEFAULT_RPC_TIMEOUT),
-            Some(value) => value
-                .as_f64()
-                .ok_or_else(|| "expected a number of seconds".to_owned())
-                .and_then(seconds)
-                .map_err(|err| RpcError::Transport(format!("{}: rpc_timeout: {err}", value.location())))?,
-        };
+        let timeout = configured_timeout(config).map_err(RpcError::Transport)?;
         let client = RpcClient::start(broker, config.rpc_exchange(), "standalone_rpc_proxy", timeout)
             .await
             .map_err(|err| RpcError::Transport(err.to_string()))?;
