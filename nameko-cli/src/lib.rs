@@ -397,7 +397,7 @@ impl Cli {
 
     async fn run_services(self, args: RunArgs, signals: &mut Signals) -> Result<(), CliError> {
         let config = load_config(&args.config)?;
-        let transport = Transport::select(args.transport, &config);
+        let transport = Transport::select(args.transport, &config)?;
         let runner = ServiceRunner::new(config.clone())
             .with_registered(&args.services)?
             .stop_timeout(args.stop_timeout);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use nameko_core::{Config, Resources};
 use nameko_extensions::{
-    amqp::{AmqpBroker, AmqpOptions, AmqpUri, UriError},
+    amqp::{AmqpBroker, AmqpOptions, AmqpUri, TlsError, TlsOptions, UriError},
     broker::{Broker, BrokerError},
     memory::MemoryBroker,
 };
@@ -21,21 +21,25 @@ use crate::{args::TransportKind, mask::mask_secrets};
 /// use nameko_core::Config;
 ///
 /// let config = Config::default();
-/// assert!(matches!(Transport::select(None, &config), Transport::Amqp { .. }));
-/// let memory = Transport::select(Some(TransportKind::Memory), &config);
+/// assert!(matches!(Transport::select(None, &config)?, Transport::Amqp { tls: None, .. }));
+/// let memory = Transport::select(Some(TransportKind::Memory), &config)?;
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// assert!(memory.resources(&["greeting".to_owned()]).await.is_ok());
 /// # });
+/// # Ok::<(), nameko_cli::TransportError>(())
 /// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Transport {
-    /// RabbitMQ at `uri` (the config's `AMQP_URI`), with the config's `HEARTBEAT`.
+    /// RabbitMQ at `uri` (the config's `AMQP_URI`), with the config's `HEARTBEAT` and
+    /// `AMQP_SSL`.
     Amqp {
         /// The broker URI, unmasked.
         uri: String,
         /// Heartbeat interval in seconds.
         heartbeat: u16,
+        /// TLS options from `AMQP_SSL` (an `amqps://` URI uses TLS without them).
+        tls: Option<TlsOptions>,
     },
     /// One in-memory broker shared by every service of the process.
     Memory(MemoryBroker),
@@ -54,6 +58,10 @@ pub enum TransportError {
         #[source]
         error: UriError,
     },
+    /// `AMQP_SSL` is invalid, names a file that cannot be read or is not PEM, or asks
+    /// for TLS in a build without the `amqp-tls` feature; the message says where.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// RabbitMQ could not be reached or refused the connection. There is no fallback
     /// to the memory transport.
     #[error(
@@ -71,15 +79,19 @@ pub enum TransportError {
 
 impl Transport {
     /// The transport for `--transport kind` (AMQP when not given) and `config`.
-    #[must_use]
-    pub fn select(kind: Option<TransportKind>, config: &Config) -> Self {
-        match kind {
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Tls`] when AMQP is chosen and `AMQP_SSL` is invalid.
+    pub fn select(kind: Option<TransportKind>, config: &Config) -> Result<Self, TransportError> {
+        Ok(match kind {
             Some(TransportKind::Memory) => Self::Memory(MemoryBroker::new()),
             Some(TransportKind::Amqp) | None => Self::Amqp {
                 uri: config.amqp_uri().to_owned(),
                 heartbeat: u16::try_from(config.heartbeat()).unwrap_or(u16::MAX),
+                tls: TlsOptions::from_config(config)?,
             },
-        }
+        })
     }
 
     /// A short name for logs: `amqp` or `memory`.
@@ -101,18 +113,25 @@ impl Transport {
     /// URI with its password masked.
     pub async fn resources(&self, services: &[String]) -> Result<Resources, TransportError> {
         match self {
-            Self::Amqp { uri, heartbeat } => {
+            Self::Amqp { uri, heartbeat, tls } => {
                 let parsed = AmqpUri::parse(uri).map_err(|error| TransportError::InvalidUri {
                     uri: mask_secrets(uri),
                     error,
                 })?;
                 let name = format!("nameko-rs {} on {}", services.join(","), hostname());
-                let options = AmqpOptions::new(name).heartbeat(*heartbeat);
+                let mut options = AmqpOptions::new(name).heartbeat(*heartbeat);
+                // AMQP_SSL turns an amqp:// URI to TLS, as kombu does.
+                let shown = if let Some(tls) = tls {
+                    options = options.tls(tls.clone());
+                    parsed.with_tls()
+                } else {
+                    parsed.clone()
+                };
                 let broker =
                     AmqpBroker::connect(&parsed, options)
                         .await
                         .map_err(|error| TransportError::AmqpConnect {
-                            uri: parsed.to_string(),
+                            uri: shown.to_string(),
                             error,
                         })?;
                 let broker: Arc<dyn Broker> = Arc::new(broker);

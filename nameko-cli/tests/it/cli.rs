@@ -207,6 +207,53 @@ async fn amqp_is_the_default_and_fails_clearly() {
 }
 
 #[tokio::test]
+async fn amqp_ssl_is_read_and_its_errors_are_located() {
+    let probe = Probe::new(Mode::Quick);
+    let broker = "amqp://app:hunter2@127.0.0.1:1/";
+    let out = run_now(
+        cli_with(&probe),
+        &[
+            "run",
+            "cli-probe",
+            "--broker",
+            broker,
+            "--define",
+            "AMQP_SSL.cert_reqs=maybe",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, ExitCode::FAILURE);
+    let expected = if cfg!(feature = "amqp-tls") {
+        "error: --define AMQP_SSL.cert_reqs=maybe: AMQP_SSL.cert_reqs: expected CERT_NONE, CERT_OPTIONAL or \
+         CERT_REQUIRED (or 0, 1, 2), got the string \"maybe\""
+    } else {
+        "error: --define AMQP_SSL.cert_reqs=maybe: AMQP_SSL: `AMQP_SSL` asks for TLS, but nameko-rs was built \
+         without TLS support: enable the `amqp-tls` feature"
+    };
+    assert!(out.stderr.starts_with(expected), "{}", out.stderr);
+
+    // AMQP_SSL turns the amqp:// URI to TLS (its port was given, so it stays).
+    let out = run_now(
+        cli_with(&probe),
+        &["run", "cli-probe", "--broker", broker, "--define", "AMQP_SSL=true"],
+    )
+    .await;
+    assert_eq!(out.code, ExitCode::FAILURE);
+    if cfg!(feature = "amqp-tls") {
+        assert!(
+            out.stderr
+                .starts_with("error: cannot connect to RabbitMQ at amqps://app:***@127.0.0.1:1/%2F"),
+            "{}",
+            out.stderr
+        );
+    } else {
+        assert!(out.stderr.contains("enable the `amqp-tls` feature"), "{}", out.stderr);
+    }
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    assert!(probe.events().is_empty(), "{:?}", probe.events());
+}
+
+#[tokio::test]
 async fn memory_transport_shares_one_broker() {
     let probe = Probe::new(Mode::Quick);
     let (sender, signals) = signals();

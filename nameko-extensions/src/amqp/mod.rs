@@ -25,6 +25,8 @@
 //! `lapin::returned_messages`; turn that target off (the CLI does).
 
 mod convert;
+mod settings;
+mod tls;
 mod uri;
 
 use std::{
@@ -50,6 +52,8 @@ use lapin::{
 use tokio::sync::{Mutex as AsyncMutex, broadcast, mpsc};
 
 use self::convert::{from_properties, short, to_properties, to_table};
+pub use self::settings::ConfigConnectError;
+pub use self::tls::{AMQP_SSL, TlsError, TlsErrorKind, TlsOptions, Verify};
 pub use self::uri::{AmqpUri, UriError};
 use crate::broker::{
     AckOutcome, Acker, Broker, BrokerError, ConnectionEvent, ConsumeOptions, Consumer, ConsumerControl, ConsumerEnd,
@@ -64,6 +68,9 @@ pub struct AmqpOptions {
     pub heartbeat: u16,
     /// The connection name RabbitMQ shows (the `connection_name` client property).
     pub connection_name: String,
+    /// TLS options (Nameko's `AMQP_SSL`); with an `amqp://` URI they switch it to TLS.
+    /// `None` still means TLS for an `amqps://` URI, with [`TlsOptions::new`].
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for AmqpOptions {
@@ -71,6 +78,7 @@ impl Default for AmqpOptions {
         Self {
             heartbeat: 60,
             connection_name: "nameko-rs".to_owned(),
+            tls: None,
         }
     }
 }
@@ -89,6 +97,13 @@ impl AmqpOptions {
     #[must_use]
     pub fn heartbeat(mut self, seconds: u16) -> Self {
         self.heartbeat = seconds;
+        self
+    }
+
+    /// Connects with TLS and these options (Nameko's `AMQP_SSL`).
+    #[must_use]
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
         self
     }
 }
@@ -119,22 +134,23 @@ impl fmt::Debug for AmqpBroker {
 }
 
 impl AmqpBroker {
-    /// Connects to RabbitMQ at `uri`.
+    /// Connects to RabbitMQ at `uri`, with TLS for `amqps://` or when `options.tls` is
+    /// set (see [`TlsOptions`]); [`AmqpBroker::connect_config`] reads both from a config.
     ///
     /// # Errors
     ///
     /// [`BrokerError::ConnectionLost`] naming the URI (password masked) when RabbitMQ
-    /// cannot be reached or refuses the login.
+    /// cannot be reached, refuses the login or the TLS handshake fails;
+    /// [`BrokerError::Other`] naming the `amqp-tls` feature when TLS is asked for in a
+    /// build without it.
     pub async fn connect(uri: &AmqpUri, options: AmqpOptions) -> Result<Self, BrokerError> {
         let properties = ConnectionProperties::default().with_connection_name(options.connection_name.into());
-        let connection = Connection::connect_uri(uri.as_lapin(options.heartbeat), properties)
-            .await
-            .map_err(|e| BrokerError::ConnectionLost(format!("cannot connect to {uri}: {e}")))?;
+        let (connection, uri) = tls::open(uri, options.tls.as_ref(), options.heartbeat, properties).await?;
         let (events, _) = broadcast::channel(64);
         let listener = connection.events_listener();
         let inner = Arc::new(Inner {
             connection,
-            uri: uri.clone(),
+            uri,
             declarer: AsyncMutex::new(None),
             publisher: AsyncMutex::new(None),
             events: events.clone(),

@@ -28,7 +28,8 @@ pub enum UriError {
 /// `localhost`, the port to 5672 (5671 for `amqps://`); an empty path or `/` is the
 /// vhost `/`, and `%2f` decodes to `/`.
 ///
-/// `Display` and `Debug` mask the password.
+/// `Display` and `Debug` mask the password. TLS options (Nameko's `AMQP_SSL`) are
+/// [`TlsOptions`](super::TlsOptions), given with [`AmqpOptions`](super::AmqpOptions).
 ///
 /// ```
 /// use nameko_extensions::amqp::AmqpUri;
@@ -47,6 +48,8 @@ pub struct AmqpUri {
     password: String,
     host: String,
     port: u16,
+    /// Whether the URI gave the port (kombu picks 5671 for TLS only when it did not).
+    port_given: bool,
     vhost: String,
     heartbeat: Option<u16>,
 }
@@ -91,6 +94,7 @@ impl AmqpUri {
         } else {
             decode(host, "host")?
         };
+        let port_given = port.is_some();
         let port = port.unwrap_or(if tls { 5671 } else { 5672 });
         let vhost = if path.is_empty() {
             "/".to_owned()
@@ -110,6 +114,7 @@ impl AmqpUri {
             password,
             host,
             port,
+            port_given,
             vhost,
             heartbeat,
         })
@@ -151,6 +156,27 @@ impl AmqpUri {
         Self {
             host: host.into(),
             port,
+            port_given: true,
+            ..self.clone()
+        }
+    }
+
+    /// The same URI with TLS, as kombu makes it when `AMQP_SSL` is set: `amqps://`, and
+    /// port 5671 when the URI did not give one.
+    ///
+    /// ```
+    /// use nameko_extensions::amqp::AmqpUri;
+    ///
+    /// let uri = AmqpUri::parse("amqp://rabbit/")?.with_tls();
+    /// assert_eq!(uri.to_string(), "amqps://guest:***@rabbit:5671/%2F");
+    /// assert_eq!(AmqpUri::parse("amqp://rabbit:5672/")?.with_tls().port(), 5672);
+    /// # Ok::<(), nameko_extensions::amqp::UriError>(())
+    /// ```
+    #[must_use]
+    pub fn with_tls(&self) -> Self {
+        Self {
+            tls: true,
+            port: if self.port_given { self.port } else { 5671 },
             ..self.clone()
         }
     }

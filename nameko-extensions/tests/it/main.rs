@@ -8,3 +8,5 @@ mod conformance;
 mod events;
 mod golden;
 mod rpc;
+#[cfg(feature = "amqp-tls")]
+mod tls;
