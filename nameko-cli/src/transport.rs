@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use nameko_core::{Config, Resources};
+use nameko_core::{Config, Readiness, Resources};
 use nameko_extensions::{
     amqp::{AmqpBroker, AmqpOptions, AmqpUri, UriError},
     broker::{Broker, BrokerError},
@@ -92,8 +92,9 @@ impl Transport {
     }
 
     /// The runner resources the services find the transport by: the broker as
-    /// `dyn Broker`. For AMQP this connects to RabbitMQ, naming the connection after
-    /// `services` and the host.
+    /// `dyn Broker`. For AMQP this connects to RabbitMQ once, naming the connection
+    /// after `services` and the host, and fails fast; `run` uses
+    /// [`resources_waiting`](Self::resources_waiting) instead.
     ///
     /// # Errors
     ///
@@ -119,6 +120,36 @@ impl Transport {
                 Ok(Resources::new().with::<dyn Broker>(broker))
             }
             Self::Memory(broker) => Ok(Resources::new().with::<dyn Broker>(broker.shared())),
+        }
+    }
+
+    /// As [`resources`](Self::resources), but for AMQP waits for RabbitMQ: each failed
+    /// attempt is logged (password masked) and retried with backoff, with a
+    /// `RabbitMQ connection` part of `readiness` not ready meanwhile (and following
+    /// the connection afterwards). Never falls back to memory. Drop the future to stop
+    /// waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::InvalidUri`].
+    pub async fn resources_waiting(
+        &self,
+        services: &[String],
+        readiness: &Readiness,
+    ) -> Result<Resources, TransportError> {
+        match self {
+            Self::Amqp { uri, heartbeat } => {
+                let parsed = AmqpUri::parse(uri).map_err(|error| TransportError::InvalidUri {
+                    uri: mask_secrets(uri),
+                    error,
+                })?;
+                let name = format!("nameko-rs {} on {}", services.join(","), hostname());
+                let options = AmqpOptions::new(name).heartbeat(*heartbeat);
+                let broker = AmqpBroker::connect_retrying(&parsed, options, Some(readiness)).await;
+                let broker: Arc<dyn Broker> = Arc::new(broker);
+                Ok(Resources::new().with::<dyn Broker>(broker))
+            }
+            Self::Memory(_) => self.resources(services).await,
         }
     }
 }

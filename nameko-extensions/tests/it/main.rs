@@ -7,4 +7,5 @@ mod support;
 mod conformance;
 mod events;
 mod golden;
+mod recovery;
 mod rpc;
