@@ -44,13 +44,16 @@
 //! AMQP (RabbitMQ) is the default; `--broker` and `AMQP_URI` say where it is.
 //! `--transport memory` runs every service of the process on one in-memory broker; it
 //! must be asked for, and cannot be combined with `--broker`. There is never a silent
-//! fallback from one to the other.
+//! fallback from one to the other: when RabbitMQ cannot be reached, `run` retries with
+//! backoff, logging each attempt (password masked) and reporting not ready, and starts
+//! the services once it connects. Readiness changes are logged.
 //!
 //! # Exit codes
 //!
-//! `0` after a graceful stop (or a successful `list`/`show-config`); `1` when the
-//! services cannot start (config, resources hook, transport, unknown service, a signal
-//! during startup) or had to be killed; `2` for usage errors.
+//! `0` after a graceful stop, a signal while waiting for RabbitMQ (or a successful
+//! `list`/`show-config`); `1` when the services cannot start (config, resources hook,
+//! invalid `AMQP_URI`, unknown service, a signal during the rest of startup) or had to
+//! be killed; `2` for usage errors.
 
 mod args;
 mod logging;
@@ -405,8 +408,12 @@ impl Cli {
             return Err(CliError::NoServices);
         }
         let services: Vec<String> = runner.service_names().iter().map(ToString::to_string).collect();
+        let readiness = runner.readiness();
+        let _log_readiness = AbortOnDrop(tokio::spawn(log_readiness(readiness.clone())));
+        let connected = std::sync::atomic::AtomicBool::new(false);
         let startup = async {
-            let transport_resources = transport.resources(&services).await?;
+            let transport_resources = transport.resources_waiting(&services, &readiness).await?;
+            connected.store(true, std::sync::atomic::Ordering::SeqCst);
             let user_resources = match self.resources {
                 Some(hook) => hook(config).await.map_err(CliError::Resources)?,
                 None => Resources::new(),
@@ -419,10 +426,17 @@ impl Cli {
                     .await?,
             )
         };
-        // A signal during startup (a hook or a connection that hangs) abandons it.
+        // A signal during startup (a hook or a connection that hangs) abandons it; while
+        // waiting for RabbitMQ, that is a clean stop.
         let running = tokio::select! {
             running = startup => running?,
-            signal = signals.next() => return Err(CliError::Interrupted(signal)),
+            signal = signals.next() => {
+                if matches!(transport, Transport::Amqp { .. }) && !connected.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!("{signal} received while waiting for RabbitMQ: stopping; nothing was started");
+                    return Ok(());
+                }
+                return Err(CliError::Interrupted(signal));
+            }
         };
         for container in running.containers() {
             let entrypoints: Vec<String> = container
@@ -463,6 +477,36 @@ impl Cli {
                 tracing::info!("every service stopped");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Logs every change of the runner's readiness: INFO when ready, WARN when not.
+async fn log_readiness(readiness: nameko_core::Readiness) {
+    let mut changes = readiness.subscribe();
+    let mut last = String::new();
+    loop {
+        let report = changes.borrow_and_update().clone();
+        let text = report.to_string();
+        if text != last {
+            if report.is_ready() {
+                tracing::info!("readiness: {text}");
+            } else {
+                tracing::warn!("readiness: {}", mask_secrets(&text));
+            }
+            last = text;
+        }
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }

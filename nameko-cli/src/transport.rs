@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use nameko_core::{Config, Resources};
+use nameko_core::{Config, Readiness, Resources};
 use nameko_extensions::{
     amqp::{AmqpBroker, AmqpOptions, AmqpUri, TlsError, TlsOptions, UriError},
     broker::{Broker, BrokerError},
@@ -104,8 +104,9 @@ impl Transport {
     }
 
     /// The runner resources the services find the transport by: the broker as
-    /// `dyn Broker`. For AMQP this connects to RabbitMQ, naming the connection after
-    /// `services` and the host.
+    /// `dyn Broker`. For AMQP this connects to RabbitMQ once, naming the connection
+    /// after `services` and the host, and fails fast; `run` uses
+    /// [`resources_waiting`](Self::resources_waiting) instead.
     ///
     /// # Errors
     ///
@@ -114,24 +115,12 @@ impl Transport {
     pub async fn resources(&self, services: &[String]) -> Result<Resources, TransportError> {
         match self {
             Self::Amqp { uri, heartbeat, tls } => {
-                let parsed = AmqpUri::parse(uri).map_err(|error| TransportError::InvalidUri {
-                    uri: mask_secrets(uri),
-                    error,
-                })?;
-                let name = format!("nameko-rs {} on {}", services.join(","), hostname());
-                let mut options = AmqpOptions::new(name).heartbeat(*heartbeat);
-                // AMQP_SSL turns an amqp:// URI to TLS, as kombu does.
-                let shown = if let Some(tls) = tls {
-                    options = options.tls(tls.clone());
-                    parsed.with_tls()
-                } else {
-                    parsed.clone()
-                };
+                let (parsed, options) = amqp_options(uri, *heartbeat, tls.as_ref(), services)?;
                 let broker =
                     AmqpBroker::connect(&parsed, options)
                         .await
                         .map_err(|error| TransportError::AmqpConnect {
-                            uri: shown.to_string(),
+                            uri: shown(&parsed, tls.as_ref()),
                             error,
                         })?;
                 let broker: Arc<dyn Broker> = Arc::new(broker);
@@ -139,6 +128,66 @@ impl Transport {
             }
             Self::Memory(broker) => Ok(Resources::new().with::<dyn Broker>(broker.shared())),
         }
+    }
+
+    /// As [`resources`](Self::resources), but for AMQP waits for RabbitMQ: each failed
+    /// attempt is logged (password masked) and retried with backoff, with a
+    /// `RabbitMQ connection` part of `readiness` not ready meanwhile (and following
+    /// the connection afterwards). Never falls back to memory. Drop the future to stop
+    /// waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::InvalidUri`], or [`TransportError::AmqpConnect`] for what no
+    /// retry can mend (TLS without the `amqp-tls` feature).
+    pub async fn resources_waiting(
+        &self,
+        services: &[String],
+        readiness: &Readiness,
+    ) -> Result<Resources, TransportError> {
+        match self {
+            Self::Amqp { uri, heartbeat, tls } => {
+                let (parsed, options) = amqp_options(uri, *heartbeat, tls.as_ref(), services)?;
+                let broker = AmqpBroker::connect_retrying(&parsed, options, Some(readiness))
+                    .await
+                    .map_err(|error| TransportError::AmqpConnect {
+                        uri: shown(&parsed, tls.as_ref()),
+                        error,
+                    })?;
+                let broker: Arc<dyn Broker> = Arc::new(broker);
+                Ok(Resources::new().with::<dyn Broker>(broker))
+            }
+            Self::Memory(_) => self.resources(services).await,
+        }
+    }
+}
+
+/// The parsed URI and connection options of an AMQP transport, the connection named
+/// after `services` and the host.
+fn amqp_options(
+    uri: &str,
+    heartbeat: u16,
+    tls: Option<&TlsOptions>,
+    services: &[String],
+) -> Result<(AmqpUri, AmqpOptions), TransportError> {
+    let parsed = AmqpUri::parse(uri).map_err(|error| TransportError::InvalidUri {
+        uri: mask_secrets(uri),
+        error,
+    })?;
+    let name = format!("nameko-rs {} on {}", services.join(","), hostname());
+    let mut options = AmqpOptions::new(name).heartbeat(heartbeat);
+    if let Some(tls) = tls {
+        options = options.tls(tls.clone());
+    }
+    Ok((parsed, options))
+}
+
+/// The URI a connection error names: `AMQP_SSL` turns an `amqp://` URI to TLS, as
+/// kombu does.
+fn shown(parsed: &AmqpUri, tls: Option<&TlsOptions>) -> String {
+    match tls {
+        Some(_) => parsed.with_tls().to_string(),
+        None => parsed.to_string(),
     }
 }
 

@@ -30,6 +30,7 @@ mod entrypoint;
 pub mod entrypoints;
 mod error;
 mod extension;
+mod readiness;
 #[cfg(feature = "registry")]
 pub mod registry;
 mod runner;
@@ -55,6 +56,7 @@ pub use self::{
         BoxError, DependencyError, HandlerError, HandlerResult, IntoHandlerError, RemoteError, SetupError, SpawnError,
         WorkerError,
     },
+    readiness::{PartStatus, Readiness, ReadinessPart, ReadinessReport},
     runner::{DEFAULT_STOP_TIMEOUT, RunningServices, ServiceRunner, Shutdown},
     service::{Entrypoints, Service},
     setup::{Resources, SetupContext, Shared},

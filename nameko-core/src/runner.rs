@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use crate::{
     config::Config,
     container::{ContainerError, ServiceContainer, ServiceContainerBuilder, Startable},
+    readiness::{Readiness, ReadinessPart},
     service::Service,
     setup::{Resources, Shared},
 };
@@ -40,6 +41,8 @@ pub struct ServiceRunner {
     resources: Resources,
     services: Vec<Pending>,
     stop_timeout: Duration,
+    readiness: Readiness,
+    started: ReadinessPart,
 }
 
 struct Pending {
@@ -51,12 +54,32 @@ struct Pending {
 impl ServiceRunner {
     /// A runner with `config`.
     pub fn new(config: Config) -> Self {
+        let readiness = Readiness::new();
+        let started = readiness.part("services", "not started");
         Self {
             config,
             resources: Resources::new(),
             services: Vec::new(),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            readiness,
+            started,
         }
+    }
+
+    /// The runner's readiness: not ready until every service started, and not ready
+    /// while any part reported into it is (a transport's connection, each consumer),
+    /// or once stopping. Services find it as a resource, `cx.resource::<Readiness>()`.
+    /// Available before [`start`](Self::start), so a transport can report while it
+    /// connects.
+    ///
+    /// ```
+    /// # use nameko_core::{Config, ServiceRunner};
+    /// let runner = ServiceRunner::new(Config::default());
+    /// let readiness = runner.readiness();
+    /// assert_eq!(readiness.report().to_string(), "not ready: services (not started)");
+    /// ```
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 
     /// Registers a resource for [`Dep<T>`](crate::deps::Dep) fields, by type.
@@ -157,12 +180,15 @@ impl ServiceRunner {
             }
         }
         let shared = Shared::default();
+        let mut resources = self.resources.clone();
+        resources.insert(Arc::new(self.readiness.clone()));
+        self.started.not_ready("starting");
         let mut containers = Vec::with_capacity(self.services.len());
         let mut claimed = Vec::new();
         for pending in self.services {
             match pending
                 .builder
-                .start(self.config.clone(), self.resources.clone(), shared.clone())
+                .start(self.config.clone(), resources.clone(), shared.clone())
                 .await
             {
                 Ok((container, keys)) => {
@@ -173,6 +199,7 @@ impl ServiceRunner {
                     for container in &containers {
                         container.kill();
                     }
+                    self.started.not_ready(format!("failed to start: {err}"));
                     return Err(err);
                 }
             }
@@ -181,9 +208,12 @@ impl ServiceRunner {
         for (key, location) in self.config.unknown_keys(&claimed) {
             tracing::warn!("{location}: unknown config key `{key}`: neither a Nameko setting nor read by a service");
         }
+        self.started.ready();
         Ok(RunningServices {
             containers,
             stop_timeout: self.stop_timeout,
+            readiness: self.readiness,
+            started: self.started,
         })
     }
 
@@ -206,6 +236,7 @@ impl fmt::Debug for ServiceRunner {
             .field("services", &self.service_names())
             .field("resources", &self.resources)
             .field("stop_timeout", &self.stop_timeout)
+            .field("readiness", &self.readiness)
             .finish_non_exhaustive()
     }
 }
@@ -225,6 +256,8 @@ pub enum Shutdown {
 pub struct RunningServices {
     containers: Vec<ServiceContainer>,
     stop_timeout: Duration,
+    readiness: Readiness,
+    started: ReadinessPart,
 }
 
 impl RunningServices {
@@ -238,13 +271,20 @@ impl RunningServices {
         self.containers.iter().find(|c| c.service_name() == name)
     }
 
+    /// The runner's readiness (see [`ServiceRunner::readiness`]).
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
     /// Stops every service gracefully, waiting as long as workers run.
     pub async fn stop(&self) {
+        self.started.not_ready("stopping");
         join_all(self.containers.iter().map(ServiceContainer::stop)).await;
     }
 
     /// Kills every service now.
     pub fn kill(&self) {
+        self.started.not_ready("killed");
         for container in &self.containers {
             container.kill();
         }

@@ -1,6 +1,12 @@
 //! A queue consumer shared by RPC, events and reply listeners: declares its topology,
-//! consumes, hands each delivery to a handler task, re-consumes after a connection
-//! recovers, and stops gracefully.
+//! consumes, hands each delivery to a handler task, reports whether it is consuming,
+//! and stops gracefully.
+//!
+//! Connection recovery is the broker's (one loop): across a recovered loss the
+//! broker keeps the consumer, so this one only reports not ready between
+//! `ConnectionEvent::Lost` and `Recovered`. It declares and consumes again only when
+//! its consumer alone ended — cancelled by the broker (queue deleted) or its channel
+//! closed — and gives up when the connection is gone for good.
 
 use std::{
     future::Future,
@@ -9,7 +15,11 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
+use nameko_core::{Readiness, ReadinessPart};
+use tokio::{
+    sync::broadcast::{Receiver, error::RecvError},
+    task::JoinHandle,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::broker::{
@@ -43,11 +53,21 @@ pub(crate) struct QueueConsumer {
     tasks: TaskTracker,
     control: Mutex<Option<Arc<dyn ConsumerControl>>>,
     run: Mutex<Option<JoinHandle<()>>>,
+    readiness: Option<ReadinessPart>,
 }
 
 impl QueueConsumer {
-    pub(crate) fn new(broker: SharedBroker, topology: Topology, queue: String, prefetch: u16) -> Arc<Self> {
+    /// A consumer of `queue`; with a `readiness`, it reports there as `consumer <queue>`.
+    pub(crate) fn new(
+        broker: SharedBroker,
+        topology: Topology,
+        queue: String,
+        prefetch: u16,
+        readiness: Option<&Readiness>,
+    ) -> Arc<Self> {
+        let readiness = readiness.map(|r| r.part(format!("consumer {queue}"), "not consuming yet"));
         Arc::new(Self {
+            readiness,
             broker,
             topology,
             queue,
@@ -66,9 +86,14 @@ impl QueueConsumer {
     /// Declares the topology and starts consuming; returns once the consumer is
     /// registered with the broker.
     pub(crate) async fn start(self: &Arc<Self>, handler: Arc<dyn DeliveryHandler>) -> Result<(), BrokerError> {
-        let consumer = self.subscribe().await?;
+        let events = self.broker.events();
+        let consumer = self
+            .subscribe()
+            .await
+            .inspect_err(|err| self.not_ready(format!("cannot consume: {err}")))?;
+        self.ready();
         let this = Arc::clone(self);
-        let run = tokio::spawn(async move { this.run(consumer, handler).await });
+        let run = tokio::spawn(async move { this.run(consumer, events, handler).await });
         *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
         Ok(())
     }
@@ -83,50 +108,71 @@ impl QueueConsumer {
         Ok(consumer)
     }
 
-    async fn run(self: Arc<Self>, mut consumer: crate::broker::Consumer, handler: Arc<dyn DeliveryHandler>) {
-        let mut events = self.broker.events();
+    fn ready(&self) {
+        if let Some(part) = &self.readiness {
+            part.ready();
+        }
+    }
+
+    fn not_ready(&self, reason: impl Into<String>) {
+        if let Some(part) = &self.readiness {
+            part.not_ready(reason);
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut consumer: crate::broker::Consumer,
+        mut events: Receiver<ConnectionEvent>,
+        handler: Arc<dyn DeliveryHandler>,
+    ) {
+        let mut events_open = true;
         loop {
             let end = loop {
-                match consumer.next().await {
-                    Ok(delivery) => {
-                        let work = handler.handle(delivery, self.stopping.clone());
-                        self.tasks.spawn(work);
-                    }
-                    Err(end) => break end,
+                tokio::select! {
+                    next = consumer.next() => match next {
+                        Ok(delivery) => {
+                            let work = handler.handle(delivery, self.stopping.clone());
+                            self.tasks.spawn(work);
+                        }
+                        Err(end) => break end,
+                    },
+                    event = events.recv(), if events_open => match event {
+                        Ok(ConnectionEvent::Lost { reason }) => self.not_ready(format!("connection lost: {reason}")),
+                        Ok(ConnectionEvent::Recovered) => self.ready(),
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => events_open = false,
+                    },
                 }
             };
             if self.stopping.is_cancelled() {
                 return;
             }
             match end {
-                ConsumerEnd::ConnectionLost | ConsumerEnd::ChannelClosed => {
-                    tracing::warn!(queue = %self.queue, ?end, "consumer ended; waiting for the connection to recover");
-                    if !self.wait_for_recovery(&mut events).await {
-                        return;
-                    }
+                ConsumerEnd::ChannelClosed => {
+                    tracing::warn!(queue = %self.queue, "the consumer's channel closed; consuming again");
+                    self.not_ready("its channel closed; consuming again");
                 }
                 ConsumerEnd::Cancelled { by_broker: true } => {
                     tracing::warn!(queue = %self.queue, "the broker cancelled the consumer (queue deleted?); re-declaring");
+                    self.not_ready("cancelled by the broker; declaring and consuming again");
                 }
-                _ => return,
+                ConsumerEnd::ConnectionLost => {
+                    tracing::error!(queue = %self.queue, "the broker connection is gone for good: no longer consuming");
+                    self.not_ready("the broker connection is gone for good");
+                    return;
+                }
+                _ => {
+                    self.not_ready("cancelled");
+                    return;
+                }
             }
             match self.resubscribe().await {
-                Some(next) => consumer = next,
+                Some(next) => {
+                    consumer = next;
+                    self.ready();
+                }
                 None => return,
-            }
-        }
-    }
-
-    /// Waits for a `Recovered` event; false when stopping or the broker is gone.
-    async fn wait_for_recovery(&self, events: &mut tokio::sync::broadcast::Receiver<ConnectionEvent>) -> bool {
-        loop {
-            tokio::select! {
-                () = self.stopping.cancelled() => return false,
-                event = events.recv() => match event {
-                    Ok(ConnectionEvent::Recovered) | Err(RecvError::Lagged(_)) => return true,
-                    Ok(_) => {}
-                    Err(RecvError::Closed) => return false,
-                },
             }
         }
     }
@@ -160,6 +206,7 @@ impl QueueConsumer {
     /// consumer's channel so anything still unacknowledged goes back at once.
     pub(crate) async fn stop(&self) {
         self.stopping.cancel();
+        self.not_ready("stopped");
         let control = self.current_control();
         if let Some(control) = &control
             && let Err(err) = control.cancel().await
@@ -181,6 +228,7 @@ impl QueueConsumer {
     /// queue.
     pub(crate) fn kill(&self) {
         self.stopping.cancel();
+        self.not_ready("killed");
         if let Some(run) = self.run.lock().unwrap_or_else(|p| p.into_inner()).take() {
             run.abort();
         }

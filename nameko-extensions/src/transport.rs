@@ -1,6 +1,6 @@
 //! How extensions find the broker: a runner resource of type `dyn Broker`.
 
-use nameko_core::{SetupContext, SetupError};
+use nameko_core::{Readiness, SetupContext, SetupError};
 
 use crate::broker::{Broker, SharedBroker};
 
@@ -29,4 +29,11 @@ pub fn broker(cx: &SetupContext<'_>) -> Result<SharedBroker, SetupError> {
              `ServiceRunner::resource::<dyn nameko_extensions::broker::Broker>(..)`"
         ))
     })
+}
+
+/// The runner's [`Readiness`], when the service runs in a
+/// [`ServiceRunner`](nameko_core::ServiceRunner) (a container started on its own has
+/// none): consumers report into it.
+pub(crate) fn readiness(cx: &SetupContext<'_>) -> Option<Readiness> {
+    cx.resource::<Readiness>().ok().map(|r| (*r).clone())
 }

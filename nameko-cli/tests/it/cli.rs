@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
-use nameko_cli::{Cli, Command, Signal, TransportKind};
+use nameko_cli::{Cli, Command, Signal, Transport, TransportKind};
 use nameko_core::Resources;
 
 use crate::support::{Mode, PROBE_LINE, Probe, cli_with, run, run_now, signals};
@@ -155,9 +155,11 @@ async fn help_and_version() {
 // ===== transport choice =====
 
 #[tokio::test]
-async fn amqp_is_the_default_and_fails_clearly() {
+async fn amqp_is_the_default_and_waits_for_rabbitmq() {
     let probe = Probe::new(Mode::Quick);
-    // Port 1 on the loopback refuses at once: an unreachable RabbitMQ.
+    // Port 1 on the loopback refuses at once: an unreachable RabbitMQ. `run` keeps
+    // retrying (logging each attempt), never falls back to memory, and a SIGTERM
+    // during the wait stops it cleanly.
     for args in [
         &["run", "cli-probe", "--broker", "amqp://app:hunter2@127.0.0.1:1/"][..],
         &[
@@ -175,21 +177,20 @@ async fn amqp_is_the_default_and_fails_clearly() {
             "AMQP_URI=amqp://app:hunter2@127.0.0.1:1/",
         ],
     ] {
-        let out = run_now(cli_with(&probe), args).await;
-        assert_eq!(out.code, ExitCode::FAILURE, "{args:?}");
-        assert!(
-            out.stderr
-                .starts_with("error: cannot connect to RabbitMQ at amqp://app:***@127.0.0.1:1/%2F"),
-            "{args:?}: {}",
-            out.stderr
+        let (sender, signals) = signals();
+        let driver = async {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            assert!(probe.events().is_empty(), "nothing started: {:?}", probe.events());
+            assert!(sender.send(Signal::Terminate));
+        };
+        let (out, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(10), run(cli_with(&probe), args, signals)),
+            driver
         );
-        assert!(out.stderr.contains("never falling back to memory"), "{}", out.stderr);
-        assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
-        assert!(
-            !out.stderr.contains("running on the memory transport"),
-            "{}",
-            out.stderr
-        );
+        let out = out.expect("SIGTERM ends the wait");
+        assert_eq!(out.code, ExitCode::SUCCESS, "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr, "", "{args:?}");
+        assert!(probe.events().is_empty(), "{:?}", probe.events());
     }
     let out = run_now(
         cli_with(&probe),
@@ -232,24 +233,24 @@ async fn amqp_ssl_is_read_and_its_errors_are_located() {
     };
     assert!(out.stderr.starts_with(expected), "{}", out.stderr);
 
-    // AMQP_SSL turns the amqp:// URI to TLS (its port was given, so it stays).
-    let out = run_now(
-        cli_with(&probe),
-        &["run", "cli-probe", "--broker", broker, "--define", "AMQP_SSL=true"],
-    )
-    .await;
-    assert_eq!(out.code, ExitCode::FAILURE);
+    // AMQP_SSL turns the amqp:// URI to TLS (its port was given, so it stays); `run`
+    // waits for RabbitMQ, so ask the transport itself, which fails fast.
+    let config = nameko_core::Config::from_yaml_str(&format!("AMQP_URI: {broker}\nAMQP_SSL: true\n")).unwrap();
+    let transport = Transport::select(None, &config);
     if cfg!(feature = "amqp-tls") {
+        let error = match transport.unwrap().resources(&["cli-probe".to_owned()]).await {
+            Ok(_) => panic!("nothing listens on port 1"),
+            Err(error) => error.to_string(),
+        };
         assert!(
-            out.stderr
-                .starts_with("error: cannot connect to RabbitMQ at amqps://app:***@127.0.0.1:1/%2F"),
-            "{}",
-            out.stderr
+            error.starts_with("cannot connect to RabbitMQ at amqps://app:***@127.0.0.1:1/%2F"),
+            "{error}"
         );
+        assert!(!error.contains("hunter2"), "{error}");
     } else {
-        assert!(out.stderr.contains("enable the `amqp-tls` feature"), "{}", out.stderr);
+        let error = transport.err().expect("TLS needs the feature").to_string();
+        assert!(error.contains("enable the `amqp-tls` feature"), "{error}");
     }
-    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
     assert!(probe.events().is_empty(), "{:?}", probe.events());
 }
 

@@ -11,12 +11,26 @@
 //!   [`BrokerError::NotFound`];
 //! - a channel per consumer, with `basic.qos(prefetch, global = false)`.
 //!
-//! **Connection loss.** lapin's auto-recovery is not enabled yet: a lost connection
-//! sends [`ConnectionEvent::Lost`], ends every consumer with
-//! [`ConsumerEnd::ConnectionLost`] (their acknowledgements become
-//! [`AckOutcome::Stale`]), and every later operation fails with
-//! [`BrokerError::ConnectionLost`]. A new [`AmqpBroker`] must be connected;
-//! [`ConnectionEvent::Recovered`] is never sent. See `docs/architecture.md`.
+//! **Connection loss** (see [the broker contract](crate::broker#connection-loss-and-recovery-one-contract-both-brokers)).
+//! lapin's auto-recovery owns reconnection and replay; this broker only shapes it:
+//! - declares and deletes run on a channel opened for the operation and closed after
+//!   it, so lapin replays no stale declares;
+//! - each consumer's channel declares, before `basic.consume`, the queue (with its
+//!   bindings and their exchanges) as this broker declared it; lapin replays that
+//!   channel — qos, declares, consumer — so the consumer survives the loss, and an
+//!   expired or auto-deleted queue comes back;
+//! - the connection state is watched: [`ConnectionEvent::Lost`] when lapin starts
+//!   reconnecting, [`ConnectionEvent::Recovered`] once it is connected and every
+//!   consumer channel is restored (one that is not within 10 s ends with
+//!   [`ConsumerEnd::ChannelClosed`]); during the outage every operation fails at once
+//!   with [`BrokerError::ConnectionLost`];
+//! - reconnection dials every 0.1 s to 5 s, logging each failure (password masked),
+//!   until it works or the broker is closed; lapin gives up after 10 handshakes in a
+//!   row fail after connecting, and then the connection is gone for good: consumers
+//!   end with [`ConsumerEnd::ConnectionLost`].
+//!
+//! [`AmqpBroker::connect`] itself fails fast: the first failed attempt (or 15 s
+//! without an answer) is the error, so a caller decides whether to retry.
 //!
 //! Heartbeats are negotiated with [`AmqpOptions::heartbeat`] (Nameko's `HEARTBEAT`,
 //! default 60 s) unless the URI has a `heartbeat` query parameter.
@@ -30,16 +44,20 @@ mod tls;
 mod uri;
 
 use std::{
-    fmt,
+    fmt, io,
     sync::{
         Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
+    time::Duration,
 };
 
 use async_trait::async_trait;
+use backon::ExponentialBuilder;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
+use lapin::uri::AMQPScheme;
 use lapin::{
     Channel, Confirmation, Connection, ConnectionProperties, ErrorKind, Event,
     options::{
@@ -49,7 +67,9 @@ use lapin::{
     },
     types::FieldTable,
 };
-use tokio::sync::{Mutex as AsyncMutex, broadcast, mpsc};
+use nameko_core::Readiness;
+use tokio::sync::{Mutex as AsyncMutex, broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use self::convert::{from_properties, short, to_properties, to_table};
 pub use self::settings::ConfigConnectError;
@@ -57,8 +77,15 @@ pub use self::tls::{AMQP_SSL, TlsError, TlsErrorKind, TlsOptions, Verify};
 pub use self::uri::{AmqpUri, UriError};
 use crate::broker::{
     AckOutcome, Acker, Broker, BrokerError, ConnectionEvent, ConsumeOptions, Consumer, ConsumerControl, ConsumerEnd,
-    ConsumerEvent, Delivery, ExchangeKind, Publish, PublishOutcome, Topology,
+    ConsumerEvent, Declared, Delivery, ExchangeKind, Publish, PublishOutcome, Topology,
 };
+
+/// How long [`AmqpBroker::connect`] waits for RabbitMQ to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long consumer channels may take to be restored once the connection is back.
+const RESTORE_GRACE: Duration = Duration::from_secs(10);
+/// How often the connection state is looked at.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
 
 /// How an [`AmqpBroker`] connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,11 +144,23 @@ pub struct AmqpBroker {
 struct Inner {
     connection: Connection,
     uri: AmqpUri,
-    declarer: AsyncMutex<Option<Channel>>,
     publisher: AsyncMutex<Option<Channel>>,
     events: broadcast::Sender<ConnectionEvent>,
-    lost: Mutex<Option<String>>,
+    /// Why the connection is down, while it is.
+    down: Mutex<Option<String>>,
+    /// Cancelled when the connection is gone for good.
+    dead: CancellationToken,
     closed: AtomicBool,
+    dialer: Arc<Dialer>,
+    declared: Mutex<Declared>,
+    consumers: Mutex<Vec<Weak<AmqpConsumerControl>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.dialer.stop(Phase::Closed);
+        self.dead.cancel();
+    }
 }
 
 impl fmt::Debug for AmqpBroker {
@@ -133,33 +172,259 @@ impl fmt::Debug for AmqpBroker {
     }
 }
 
+/// Where the dialer is in the connection's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The first connection: one attempt, its failure is `connect`'s error.
+    Connecting,
+    /// Connected once: lapin is reconnecting; dial until it works.
+    Established,
+    /// `connect` failed: dial no more.
+    Abandoned,
+    /// The broker was closed or dropped: dial no more.
+    Closed,
+}
+
+/// Opens TCP connections for lapin: once at first, then (when lapin reconnects)
+/// again and again with a growing delay, logging each failure.
+struct Dialer {
+    uri: AmqpUri,
+    phase: Mutex<Phase>,
+    first_failure: Mutex<Option<oneshot::Sender<String>>>,
+}
+
+impl Dialer {
+    fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase;
+    }
+
+    /// Stops dialing (`Abandoned` or `Closed`), unless already closed.
+    fn stop(&self, phase: Phase) {
+        let mut current = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current != Phase::Closed {
+            *current = phase;
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        matches!(self.phase(), Phase::Abandoned | Phase::Closed)
+    }
+
+    /// After a failed dial: whether to dial again (after sleeping `delay`).
+    fn retry_after(&self, error: &io::Error, delay: Duration) -> bool {
+        match self.phase() {
+            Phase::Connecting => {
+                self.stop(Phase::Abandoned);
+                let first = self.first_failure.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(first) = first {
+                    let _ = first.send(error.to_string());
+                }
+                false
+            }
+            Phase::Established => {
+                tracing::warn!(uri = %self.uri, %error, "cannot reach RabbitMQ to recover the connection; retrying in {delay:?}");
+                // This runs on lapin's connection thread, which waits for the dial anyway.
+                let mut slept = Duration::ZERO;
+                while slept < delay {
+                    if self.stopped() {
+                        return false;
+                    }
+                    let step = Duration::from_millis(100).min(delay - slept);
+                    std::thread::sleep(step);
+                    slept += step;
+                }
+                !self.stopped()
+            }
+            Phase::Abandoned | Phase::Closed => false,
+        }
+    }
+}
+
 impl AmqpBroker {
     /// Connects to RabbitMQ at `uri`, with TLS for `amqps://` or when `options.tls` is
-    /// set (see [`TlsOptions`]); [`AmqpBroker::connect_config`] reads both from a config.
+    /// set (see [`TlsOptions`]; [`AmqpBroker::connect_config`] reads both from a config),
+    /// and with lapin's auto-recovery on (see the module docs). Fails fast: it does not
+    /// retry; callers that should wait for RabbitMQ (a service starting) retry it.
     ///
     /// # Errors
     ///
     /// [`BrokerError::ConnectionLost`] naming the URI (password masked) when RabbitMQ
-    /// cannot be reached, refuses the login or the TLS handshake fails;
-    /// [`BrokerError::Other`] naming the `amqp-tls` feature when TLS is asked for in a
-    /// build without it.
+    /// cannot be reached, refuses the login, fails the TLS handshake or does not answer
+    /// within 15 s; [`BrokerError::Other`] naming the `amqp-tls` feature when TLS is
+    /// asked for in a build without it.
     pub async fn connect(uri: &AmqpUri, options: AmqpOptions) -> Result<Self, BrokerError> {
-        let properties = ConnectionProperties::default().with_connection_name(options.connection_name.into());
-        let (connection, uri) = tls::open(uri, options.tls.as_ref(), options.heartbeat, properties).await?;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(options.connection_name.into())
+            .enable_auto_recover()
+            .with_backoff(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(10),
+            );
+        let (uri, secure) = tls::prepare(uri, options.tls.as_ref())?;
+        let uri = &uri;
+        // The socket is opened in plain TCP; TLS, when asked for, is added on top with
+        // our own rustls configuration.
+        let plain = OwnedTLSConfig::default();
+        let (first_failure, failed) = oneshot::channel();
+        let dialer = Arc::new(Dialer {
+            uri: uri.clone(),
+            phase: Mutex::new(Phase::Connecting),
+            first_failure: Mutex::new(Some(first_failure)),
+        });
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| BrokerError::ConnectionLost(format!("cannot connect to {uri}: {e}")))?;
+        let dial = Arc::clone(&dialer);
+        let connecting = Connection::connector(
+            uri.as_lapin(options.heartbeat),
+            runtime,
+            async move |uri, runtime| {
+                let abandoned = || lapin::Error::from(io::Error::other("the connection was abandoned or closed"));
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    if dial.stopped() {
+                        return Err(abandoned());
+                    }
+                    let mut target = uri.clone();
+                    target.scheme = AMQPScheme::AMQP;
+                    let stream = target.connect_with_config_async(plain.as_ref(), &runtime).await;
+                    #[cfg(feature = "amqp-tls")]
+                    let stream = match (stream, &secure) {
+                        (Ok(stream), Some(secure)) => stream
+                            .into_rustls(&secure.connector, &secure.server_name)
+                            .await
+                            .map_err(|e| {
+                                io::Error::new(
+                                    e.kind(),
+                                    format!("TLS handshake with {} failed: {e}", secure.server_name),
+                                )
+                            }),
+                        (stream, _) => stream,
+                    };
+                    #[cfg(not(feature = "amqp-tls"))]
+                    let _: &Option<tls::Secure> = &secure;
+                    match stream {
+                        Ok(_) if dial.stopped() => return Err(abandoned()),
+                        Ok(stream) => return Ok(stream),
+                        Err(error) => {
+                            if !dial.retry_after(&error, delay) {
+                                return Err(error.into());
+                            }
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            },
+            properties,
+        );
+        let cannot = |reason: String| BrokerError::ConnectionLost(format!("cannot connect to {uri}: {reason}"));
+        let connection = tokio::select! {
+            connected = connecting => match connected {
+                Ok(connection) => connection,
+                Err(error) => {
+                    dialer.stop(Phase::Abandoned);
+                    return Err(cannot(error.to_string()));
+                }
+            },
+            Ok(reason) = failed => return Err(cannot(reason)),
+            () = tokio::time::sleep(CONNECT_TIMEOUT) => {
+                dialer.stop(Phase::Abandoned);
+                return Err(cannot(format!("no answer within {CONNECT_TIMEOUT:?}")));
+            }
+        };
+        dialer.set(Phase::Established);
         let (events, _) = broadcast::channel(64);
         let listener = connection.events_listener();
         let inner = Arc::new(Inner {
             connection,
-            uri,
-            declarer: AsyncMutex::new(None),
+            uri: uri.clone(),
             publisher: AsyncMutex::new(None),
             events: events.clone(),
-            lost: Mutex::new(None),
+            down: Mutex::new(None),
+            dead: CancellationToken::new(),
             closed: AtomicBool::new(false),
+            dialer,
+            declared: Mutex::new(Declared::default()),
+            consumers: Mutex::new(Vec::new()),
         });
         let _ = events.send(ConnectionEvent::Connected);
-        tokio::spawn(watch_connection(Arc::downgrade(&inner), listener));
+        tokio::spawn(watch_events(Arc::downgrade(&inner), listener));
+        tokio::spawn(watch_connection(Arc::downgrade(&inner)));
         Ok(Self { inner })
+    }
+
+    /// Connects to RabbitMQ at `uri`, waiting as long as it takes: each failed attempt
+    /// is logged (password masked) and retried with a growing delay (0.5 s to 15 s,
+    /// jittered). This is how a service starts (DESIGN §4: never fall back, retry,
+    /// log, report not ready); standalone tools use [`connect`](Self::connect), which
+    /// fails fast. Drop the future to give up (a shutdown signal).
+    ///
+    /// With a `readiness`, a part named `RabbitMQ connection` is not ready until
+    /// connected, then follows the connection ([`ConnectionEvent::Lost`] /
+    /// [`ConnectionEvent::Recovered`]) for as long as the broker lives.
+    ///
+    /// # Errors
+    ///
+    /// Only what no retry can mend, before the first attempt: TLS asked for in a build
+    /// without the `amqp-tls` feature, or TLS options rustls refuses.
+    pub async fn connect_retrying(
+        uri: &AmqpUri,
+        options: AmqpOptions,
+        readiness: Option<&Readiness>,
+    ) -> Result<Self, BrokerError> {
+        use backon::BackoffBuilder;
+
+        tls::prepare(uri, options.tls.as_ref())?;
+        let part = readiness.map(|r| r.part("RabbitMQ connection", format!("connecting to {uri}")));
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(15))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut attempt = 1_u64;
+        let broker = loop {
+            match Self::connect(uri, options.clone()).await {
+                Ok(broker) => break broker,
+                Err(error) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(15));
+                    tracing::warn!(
+                        %uri,
+                        attempt,
+                        "{error}; retrying in {:.1}s (not ready; never falling back to memory)",
+                        delay.as_secs_f64()
+                    );
+                    if let Some(part) = &part {
+                        part.not_ready(format!("cannot connect to {uri} (attempt {attempt})"));
+                    }
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        };
+        if attempt > 1 {
+            tracing::info!(%uri, attempt, "connected to RabbitMQ");
+        }
+        if let Some(part) = part {
+            part.ready();
+            let mut events = broker.events();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(ConnectionEvent::Lost { reason }) => part.not_ready(format!("connection lost: {reason}")),
+                        Ok(ConnectionEvent::Recovered) => part.ready(),
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
+        Ok(broker)
     }
 
     /// The URI it connected to (its `Display` masks the password).
@@ -167,14 +432,14 @@ impl AmqpBroker {
         &self.inner.uri
     }
 
-    /// Whether the connection is open.
+    /// Whether the connection is open (not lost, not closed).
     pub fn is_connected(&self) -> bool {
         self.inner.usable().is_ok()
     }
 }
 
-/// Turns lapin's connection events into [`ConnectionEvent`]s.
-async fn watch_connection(inner: Weak<Inner>, listener: impl futures_util::Stream<Item = Event> + Send + 'static) {
+/// Logs lapin's connection events; turns blocking into [`ConnectionEvent::Blocked`].
+async fn watch_events(inner: Weak<Inner>, listener: impl futures_util::Stream<Item = Event> + Send + 'static) {
     let mut listener = std::pin::pin!(listener);
     while let Some(event) = listener.next().await {
         let Some(inner) = inner.upgrade() else {
@@ -189,23 +454,86 @@ async fn watch_connection(inner: Weak<Inner>, listener: impl futures_util::Strea
                 tracing::info!("RabbitMQ unblocked publishing on this connection");
                 let _ = inner.events.send(ConnectionEvent::Blocked { blocked: false });
             }
-            Event::Error(error) if !error.is_amqp_soft_error() => inner.set_lost(error.to_string()),
+            Event::Error(error) if !error.is_amqp_soft_error() => {
+                tracing::debug!(%error, "connection error");
+                let mut down = inner.down.lock().unwrap_or_else(PoisonError::into_inner);
+                if down.is_some() {
+                    *down = Some(error.to_string());
+                }
+            }
             _ => {}
         }
     }
 }
 
-impl Inner {
-    fn set_lost(&self, reason: String) {
-        if self.closed.load(Ordering::SeqCst) {
+/// Watches lapin's connection state: `Lost` when it starts reconnecting,
+/// `Recovered` when it is connected again and every consumer channel is restored,
+/// dead when lapin gave up.
+async fn watch_connection(weak: Weak<Inner>) {
+    let mut up = true;
+    let mut back_since: Option<tokio::time::Instant> = None;
+    let mut ticker = tokio::time::interval(WATCH_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        if inner.closed.load(Ordering::SeqCst) {
             return;
         }
-        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
-        if lost.is_none() {
-            tracing::warn!(uri = %self.uri, %reason, "lost the connection to RabbitMQ");
-            *lost = Some(reason.clone());
-            let _ = self.events.send(ConnectionEvent::Lost { reason });
+        let status = inner.connection.status();
+        if status.errored() || status.closed() {
+            let reason = inner
+                .down
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_else(|| "the connection closed".to_owned());
+            tracing::error!(uri = %inner.uri, %reason, "the connection to RabbitMQ is gone for good: recovery gave up");
+            if up {
+                let _ = inner.events.send(ConnectionEvent::Lost { reason });
+            }
+            inner.dead.cancel();
+            return;
         }
+        if up && !status.connected() {
+            up = false;
+            back_since = None;
+            let reason = format!("the connection to {} was lost; reconnecting", inner.uri);
+            tracing::warn!(uri = %inner.uri, "lost the connection to RabbitMQ; reconnecting");
+            *inner.down.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+            let _ = inner.events.send(ConnectionEvent::Lost { reason });
+        } else if !up && status.connected() {
+            let since = *back_since.get_or_insert_with(tokio::time::Instant::now);
+            let pending = inner.restoring_consumers();
+            let late = since.elapsed() >= RESTORE_GRACE;
+            if late {
+                for control in &pending {
+                    tracing::warn!(tag = %control.tag, "a consumer was not restored after the connection recovered");
+                    control.failed.cancel();
+                }
+            }
+            if pending.is_empty() || late {
+                up = true;
+                *inner.down.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                tracing::info!(uri = %inner.uri, "recovered the connection to RabbitMQ");
+                let _ = inner.events.send(ConnectionEvent::Recovered);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Consumer channels lapin has not restored yet.
+    fn restoring_consumers(&self) -> Vec<Arc<AmqpConsumerControl>> {
+        let mut consumers = self.consumers.lock().unwrap_or_else(PoisonError::into_inner);
+        consumers.retain(|c| c.strong_count() > 0);
+        consumers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| c.state.load(Ordering::SeqCst) == RUNNING && c.channel.status().initializing())
+            .collect()
     }
 
     /// Ok while the connection can be used.
@@ -216,13 +544,27 @@ impl Inner {
                 self.uri
             )));
         }
-        if let Some(reason) = &*self.lost.lock().unwrap_or_else(PoisonError::into_inner) {
-            return Err(BrokerError::ConnectionLost(format!("{}: {reason}", self.uri)));
+        if self.dead.is_cancelled() {
+            return Err(BrokerError::ConnectionLost(format!(
+                "the connection to {} is gone: recovery gave up",
+                self.uri
+            )));
+        }
+        if let Some(reason) = &*self.down.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Err(BrokerError::ConnectionLost(reason.clone()));
         }
         if !self.connection.status().connected() {
-            return Err(BrokerError::ConnectionLost(format!("{} is not connected", self.uri)));
+            return Err(BrokerError::ConnectionLost(format!(
+                "the connection to {} is down; reconnecting",
+                self.uri
+            )));
         }
         Ok(())
+    }
+
+    /// Whether lapin is reconnecting (the connection may come back).
+    fn recovering(&self) -> bool {
+        !self.closed.load(Ordering::SeqCst) && !self.dead.is_cancelled() && !self.connection.status().connected()
     }
 
     /// The broker error for a lapin error.
@@ -313,16 +655,22 @@ impl Inner {
         Ok(())
     }
 
-    /// Runs `operation` on the declare channel.
+    /// Runs `operation` on a channel of its own, closed after it (lapin replays
+    /// nothing of it).
     async fn on_declarer<F, Fut, T>(&self, operation: F) -> Result<T, BrokerError>
     where
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = Result<T, lapin::Error>>,
     {
         self.usable()?;
-        let mut slot = self.declarer.lock().await;
-        let channel = self.channel(&mut slot, false).await?;
-        operation(channel).await.map_err(|e| self.error(&e))
+        let channel = self.connection.create_channel().await.map_err(|e| self.error(&e))?;
+        let result = operation(channel.clone()).await.map_err(|e| self.error(&e));
+        if channel.status().connected()
+            && let Err(error) = channel.close(200, "OK".into()).await
+        {
+            tracing::debug!(%error, "closing a declare channel");
+        }
+        result
     }
 }
 
@@ -350,10 +698,17 @@ impl Broker for AmqpBroker {
         let inner = &self.inner;
         inner
             .on_declarer(|channel| async move { inner.run_declare(&channel, topology).await })
-            .await
+            .await?;
+        inner
+            .declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(topology);
+        Ok(())
     }
 
     async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+        let raw = name;
         let name = short("a queue name", name)?;
         self.inner
             .on_declarer(|channel| async move {
@@ -362,14 +717,27 @@ impl Broker for AmqpBroker {
                     .await
                     .map(drop)
             })
-            .await
+            .await?;
+        self.inner
+            .declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget_queue(raw);
+        Ok(())
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        let raw = name;
         let name = short("an exchange name", name)?;
         self.inner
             .on_declarer(|channel| async move { channel.exchange_delete(name, ExchangeDeleteOptions::default()).await })
-            .await
+            .await?;
+        self.inner
+            .declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget_exchange(raw);
+        Ok(())
     }
 
     async fn publish(&self, message: Publish) -> Result<PublishOutcome, BrokerError> {
@@ -418,9 +786,16 @@ impl Broker for AmqpBroker {
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, BrokerError> {
         let inner = &self.inner;
+        let queue_name = queue;
         let queue = short("a queue name", queue)?;
         let tag = short("a consumer tag", &options.consumer_tag)?;
         inner.usable()?;
+        // Declared on the consumer's channel, so lapin replays it before the consumer.
+        let redeclare = inner
+            .declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .for_queue(queue_name);
         let channel = inner.connection.create_channel().await.map_err(|e| inner.error(&e))?;
         let started = async {
             if options.prefetch > 0 {
@@ -428,6 +803,7 @@ impl Broker for AmqpBroker {
                     .basic_qos(options.prefetch, BasicQosOptions { global: false })
                     .await?;
             }
+            inner.run_declare(&channel, &redeclare).await?;
             let consume_options = BasicConsumeOptions {
                 exclusive: options.exclusive,
                 ..BasicConsumeOptions::default()
@@ -453,9 +829,21 @@ impl Broker for AmqpBroker {
             channel,
             tag: tag.clone(),
             state: AtomicU8::new(RUNNING),
+            failed: CancellationToken::new(),
         });
+        inner
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&control));
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(forward(consumer, tx, Arc::clone(&control), Arc::downgrade(inner)));
+        tokio::spawn(forward(
+            consumer,
+            tx,
+            Arc::clone(&control),
+            Arc::downgrade(inner),
+            inner.dead.clone(),
+        ));
         Ok(Consumer::new(tag, rx, control))
     }
 
@@ -467,6 +855,7 @@ impl Broker for AmqpBroker {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.inner.dialer.stop(Phase::Closed);
         if let Err(error) = self.inner.connection.close(200, "OK".into()).await {
             tracing::debug!(%error, "closing the RabbitMQ connection");
         }
@@ -477,22 +866,21 @@ const RUNNING: u8 = 0;
 const CANCELLED: u8 = 1;
 const CLOSING: u8 = 2;
 
-/// Forwards a lapin consumer's deliveries, then its end.
+/// Forwards a lapin consumer's deliveries, then its end. While lapin recovers the
+/// connection the consumer stays: lapin replays it on its channel.
 async fn forward(
     mut consumer: lapin::Consumer,
     tx: mpsc::UnboundedSender<ConsumerEvent>,
     control: Arc<AmqpConsumerControl>,
     inner: Weak<Inner>,
+    dead: CancellationToken,
 ) {
-    let connection_lost = |error: Option<&lapin::Error>| {
-        let by_connection = error.is_some_and(|e| {
-            e.is_amqp_hard_error()
-                || matches!(
-                    e.kind(),
-                    ErrorKind::IOError(_) | ErrorKind::MissingHeartbeatError | ErrorKind::InvalidConnectionState(_)
-                )
-        });
-        by_connection || inner.upgrade().is_none_or(|inner| inner.usable().is_err())
+    let recovering = || control.channel.status().initializing() || inner.upgrade().is_some_and(|i| i.recovering());
+    let gone = || {
+        dead.is_cancelled()
+            || inner
+                .upgrade()
+                .is_none_or(|inner| inner.usable().is_err() && !inner.recovering())
     };
     let end = loop {
         let item = tokio::select! {
@@ -503,6 +891,8 @@ async fn forward(
                 let _ = control.cancel().await;
                 return;
             }
+            () = dead.cancelled() => break ConsumerEnd::ConnectionLost,
+            () = control.failed.cancelled() => break ConsumerEnd::ChannelClosed,
         };
         match item {
             Some(Ok(delivery)) => {
@@ -517,9 +907,14 @@ async fn forward(
                 let _ = tx.send(ConsumerEvent::Delivery(Box::new(delivery)));
             }
             Some(Err(error)) => {
-                break if control.state.load(Ordering::SeqCst) == CLOSING {
-                    ConsumerEnd::ChannelClosed
-                } else if connection_lost(Some(&error)) {
+                if control.state.load(Ordering::SeqCst) == CLOSING {
+                    break ConsumerEnd::ChannelClosed;
+                }
+                if recovering() {
+                    tracing::debug!(%error, tag = %control.tag, "consumer interrupted; lapin is recovering it");
+                    continue;
+                }
+                break if gone() {
                     ConsumerEnd::ConnectionLost
                 } else {
                     ConsumerEnd::ChannelClosed
@@ -529,13 +924,17 @@ async fn forward(
                 break match control.state.load(Ordering::SeqCst) {
                     CANCELLED => ConsumerEnd::Cancelled { by_broker: false },
                     CLOSING => ConsumerEnd::ChannelClosed,
-                    _ if connection_lost(None) => ConsumerEnd::ConnectionLost,
+                    _ if gone() => ConsumerEnd::ConnectionLost,
                     _ if !control.channel.status().connected() => ConsumerEnd::ChannelClosed,
                     _ => ConsumerEnd::Cancelled { by_broker: true },
                 };
             }
         }
     };
+    if !matches!(end, ConsumerEnd::Cancelled { by_broker: false }) {
+        // Nothing to replay any more: a closed channel is not recovered.
+        control.close().await;
+    }
     let _ = tx.send(ConsumerEvent::End(end));
 }
 
@@ -544,6 +943,8 @@ struct AmqpConsumerControl {
     channel: Channel,
     tag: String,
     state: AtomicU8,
+    /// Cancelled when lapin did not restore the channel after a recovery.
+    failed: CancellationToken,
 }
 
 impl fmt::Debug for AmqpConsumerControl {

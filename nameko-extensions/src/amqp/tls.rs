@@ -507,29 +507,30 @@ fn effective(uri: &AmqpUri, tls: Option<&TlsOptions>) -> (AmqpUri, Option<TlsOpt
     }
 }
 
-/// Opens lapin's connection to `uri`, with TLS when the URI is `amqps://` or `tls` is
-/// given. Returns the URI it connected to (`amqps://` when TLS was used).
-pub(crate) async fn open(
-    uri: &AmqpUri,
-    tls: Option<&TlsOptions>,
-    heartbeat: u16,
-    properties: lapin::ConnectionProperties,
-) -> Result<(lapin::Connection, AmqpUri), BrokerError> {
+/// What each connection attempt (the first, and every reconnection) needs for TLS: the
+/// connector and the name the server's certificate must carry.
+#[cfg(feature = "amqp-tls")]
+#[derive(Clone)]
+pub(crate) struct Secure {
+    pub(crate) connector: lapin::tcp::RustlsConnector,
+    pub(crate) server_name: String,
+}
+
+/// Without the `amqp-tls` feature there is no TLS: [`prepare`] refuses it.
+#[cfg(not(feature = "amqp-tls"))]
+#[derive(Clone)]
+pub(crate) enum Secure {}
+
+/// The URI a connection uses (`amqps://` when TLS is on) and, for TLS, what its attempts
+/// need: TLS when the URI is `amqps://` or `tls` is given.
+pub(crate) fn prepare(uri: &AmqpUri, tls: Option<&TlsOptions>) -> Result<(AmqpUri, Option<Secure>), BrokerError> {
     let (uri, tls) = effective(uri, tls);
-    if tls.is_some() && cfg!(not(feature = "amqp-tls")) {
-        return Err(BrokerError::Other(
-            TlsError::feature_disabled(&format!("connecting to {uri}")).to_string(),
-        ));
-    }
-    let connection = match tls {
-        None => lapin::Connection::connect_uri(uri.as_lapin(heartbeat), properties)
-            .await
-            .map_err(|e| e.to_string()),
-        Some(tls) => backend::connect(&uri, &tls, heartbeat, properties).await,
+    let Some(tls) = tls else {
+        return Ok((uri, None));
     };
-    match connection {
-        Ok(connection) => Ok((connection, uri)),
-        Err(error) => Err(BrokerError::ConnectionLost(format!("cannot connect to {uri}: {error}"))),
+    match backend::secure(&uri, &tls) {
+        Ok(secure) => Ok((uri, Some(secure))),
+        Err(error) => Err(error),
     }
 }
 
@@ -537,13 +538,9 @@ pub(crate) async fn open(
 mod backend {
     //! rustls (ring): PEM parsing, the client configuration and the handshake.
 
-    use std::{io, net::SocketAddr, path::Path, sync::Arc};
+    use std::{path::Path, sync::Arc};
 
-    use lapin::{
-        AsyncTcpStream, Connection, ConnectionProperties,
-        tcp::{RustlsConnector, RustlsConnectorConfig},
-        uri::AMQPUri,
-    };
+    use lapin::tcp::{RustlsConnector, RustlsConnectorConfig};
     use rustls::{
         ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
         client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -552,6 +549,7 @@ mod backend {
     };
 
     use super::{AmqpUri, TlsError, TlsErrorKind, TlsOptions, Verify};
+    use crate::broker::BrokerError;
 
     fn pem_error(key: &str, message: impl Into<String>) -> TlsError {
         TlsError::new(TlsErrorKind::Pem, key, message)
@@ -712,38 +710,17 @@ mod backend {
         Ok(RustlsConnector::from(config))
     }
 
-    pub(super) async fn connect(
-        uri: &AmqpUri,
-        tls: &TlsOptions,
-        heartbeat: u16,
-        properties: ConnectionProperties,
-    ) -> Result<Connection, String> {
+    pub(super) fn secure(uri: &AmqpUri, tls: &TlsOptions) -> Result<super::Secure, BrokerError> {
         if tls.verify == Verify::None {
             tracing::warn!(
                 %uri,
                 "AMQP_SSL cert_reqs is CERT_NONE: the RabbitMQ server's certificate is not verified"
             );
         }
-        let connector = connector(tls)?;
+        let connector =
+            connector(tls).map_err(|error| BrokerError::ConnectionLost(format!("cannot connect to {uri}: {error}")))?;
         let server_name = tls.server_hostname.clone().unwrap_or_else(|| uri.host().to_owned());
-        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-        Connection::connector(
-            uri.as_lapin(heartbeat),
-            runtime,
-            async move |uri: AMQPUri, runtime| {
-                let address = (uri.authority.host.as_str(), uri.authority.port);
-                let addresses: Vec<SocketAddr> = tokio::net::lookup_host(address).await?.collect();
-                let stream = AsyncTcpStream::connect(&runtime, addresses).await?;
-                let stream = stream
-                    .into_rustls(&connector, &server_name)
-                    .await
-                    .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {server_name} failed: {e}")))?;
-                Ok(stream)
-            },
-            properties,
-        )
-        .await
-        .map_err(|e| e.to_string())
+        Ok(super::Secure { connector, server_name })
     }
 }
 
@@ -754,6 +731,7 @@ mod backend {
     use std::path::Path;
 
     use super::{AmqpUri, TlsError, TlsOptions};
+    use crate::broker::BrokerError;
 
     pub(super) fn ca_certs(_pem: &[u8]) -> Result<Vec<Vec<u8>>, TlsError> {
         Err(TlsError::feature_disabled("`ca_certs`"))
@@ -772,13 +750,10 @@ mod backend {
         Err(TlsError::feature_disabled("`server_hostname`"))
     }
 
-    pub(super) async fn connect(
-        uri: &AmqpUri,
-        _tls: &TlsOptions,
-        _heartbeat: u16,
-        _properties: lapin::ConnectionProperties,
-    ) -> Result<lapin::Connection, String> {
-        Err(TlsError::feature_disabled(&format!("connecting to {uri}")).to_string())
+    pub(super) fn secure(uri: &AmqpUri, _tls: &TlsOptions) -> Result<super::Secure, BrokerError> {
+        Err(BrokerError::Other(
+            TlsError::feature_disabled(&format!("connecting to {uri}")).to_string(),
+        ))
     }
 }
 

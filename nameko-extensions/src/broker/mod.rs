@@ -8,7 +8,25 @@
 //! consumers end with a reason ([`ConsumerEnd`]); acknowledgements can be
 //! [`Stale`](AckOutcome::Stale) (the channel they belonged to is gone, so the broker
 //! will redeliver); and the connection reports [`ConnectionEvent`]s.
+//!
+//! # Connection loss and recovery (one contract, both brokers)
+//!
+//! The broker owns recovery; nothing above it reconnects or consumes again. When the
+//! connection is lost, subscribers get [`ConnectionEvent::Lost`]; unacknowledged
+//! deliveries go back to their queues (acknowledging them is
+//! [`Stale`](AckOutcome::Stale)); declares, publishes and new consumers fail with
+//! [`BrokerError::ConnectionLost`] at once (a publish in flight at the cut fails so or
+//! ends [`ChannelClosed`](PublishOutcome::ChannelClosed)); nothing is buffered.
+//! [`Consumer`]s do **not** end: they deliver nothing during the outage. When the
+//! connection is back, each consumer's queue is declared again as this connection had
+//! declared it (with its bindings and their exchanges: an expired reply queue or an
+//! auto-delete queue comes back), the consumer resumes (redelivered messages first),
+//! and subscribers get [`ConnectionEvent::Recovered`]. A consumer ends with
+//! [`ConsumerEnd::ConnectionLost`] only when the connection is gone for good (closed
+//! while lost, or recovery given up), and with [`ConsumerEnd::ChannelClosed`] when it
+//! alone could not be restored.
 
+mod declared;
 mod headers;
 mod topology;
 
@@ -18,6 +36,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 
+pub(crate) use self::declared::Declared;
 pub use self::{
     headers::{FieldValue, Headers},
     topology::{Binding, Exchange, ExchangeKind, Queue, Topology, topic_matches},
@@ -247,9 +266,11 @@ pub enum ConsumerEnd {
         /// Whether the broker cancelled it.
         by_broker: bool,
     },
-    /// Its channel closed.
+    /// Its channel closed (by the client, a channel error, or because it could not be
+    /// restored after the connection recovered).
     ChannelClosed,
-    /// The connection was lost.
+    /// The connection is gone for good: closed while lost, or its recovery was given
+    /// up. (A loss the broker recovers from does not end consumers.)
     ConnectionLost,
 }
 
@@ -332,12 +353,13 @@ impl Consumer {
 pub enum ConnectionEvent {
     /// Connected for the first time.
     Connected,
-    /// The connection was lost; operations fail until it recovers.
+    /// The connection was lost; operations fail until it recovers, consumers pause.
     Lost {
         /// Why.
         reason: String,
     },
-    /// Reconnected; the topology was declared again.
+    /// Reconnected: every consumer's queue was declared again and the consumers
+    /// resumed.
     Recovered,
     /// The broker blocked publishing (resource alarm), or unblocked it.
     Blocked {

@@ -201,7 +201,14 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> Extension for
             .queue(queue)
             .binding(QueueBinding::new(exchange_name, &queue_name, &self.event_type));
         let prefetch = u16::try_from(cx.config().max_workers()).unwrap_or(u16::MAX);
-        self.consumer = Some(QueueConsumer::new(broker, topology, queue_name, prefetch));
+        let readiness = transport::readiness(cx);
+        self.consumer = Some(QueueConsumer::new(
+            broker,
+            topology,
+            queue_name,
+            prefetch,
+            readiness.as_ref(),
+        ));
         Ok(())
     }
 

@@ -12,7 +12,8 @@
 //! robin; per-consumer prefetch; ack, nack and reject with requeue (`redelivered`) or
 //! dead-lettering (`x-dead-letter-exchange`, `x-death`); per-queue (`x-message-ttl`)
 //! and per-message (`expiration`) TTL; single-active-consumer queues; server-side
-//! cancel when a queue is deleted; and connection loss ([`MemoryBroker::sever`]).
+//! cancel when a queue is deleted; and connection loss and recovery
+//! ([`MemoryBroker::sever`], [`MemoryBroker::restore`]): consumers survive it.
 //!
 //! Where it differs from RabbitMQ:
 //! - there is one virtual host, `/`; nothing is persisted (`durable` is recorded and
@@ -199,12 +200,15 @@ impl MemoryBroker {
         self.inner.run(|state| state.list_exchanges())
     }
 
-    /// Simulates the loss of every open connection: their consumers end with
-    /// [`ConsumerEnd::ConnectionLost`](crate::broker::ConsumerEnd::ConnectionLost),
-    /// their unacknowledged deliveries return to their queues (redelivered; acks on
-    /// them are stale), their exclusive queues are deleted, and their event
-    /// subscribers get [`ConnectionEvent::Lost`]. Operations on them then fail with
-    /// [`BrokerError::ConnectionLost`] until they [`reconnect`](MemoryConnection::reconnect).
+    /// Simulates the loss of every open connection, as a cut TCP connection to
+    /// RabbitMQ: their unacknowledged deliveries return to their queues (redelivered;
+    /// acks on them are [`Stale`](AckOutcome::Stale)), their exclusive queues are
+    /// deleted (and auto-delete queues that lose their last consumer), their event
+    /// subscribers get [`ConnectionEvent::Lost`], and operations on them fail with
+    /// [`BrokerError::ConnectionLost`] until they [`reconnect`](MemoryConnection::reconnect)
+    /// or the broker is [`restore`](Self::restore)d. Their consumers do not end: they
+    /// deliver nothing until the connection recovers, then resume (the contract of
+    /// [`Broker`] for both brokers).
     pub fn sever(&self) {
         self.inner.run(|state| {
             for conn in state.open_connections() {
@@ -213,8 +217,9 @@ impl MemoryBroker {
         });
     }
 
-    /// Reconnects every severed connection; each sends [`ConnectionEvent::Recovered`].
-    /// Their owners declare their topology and consume again.
+    /// Reconnects every severed connection: each declares again, for every consumer
+    /// it had, that consumer's queue with its bindings as the connection had declared
+    /// them, resumes the consumer, and sends [`ConnectionEvent::Recovered`].
     pub fn restore(&self) {
         self.inner.run(|state| {
             for conn in state.lost_connections() {
@@ -277,9 +282,9 @@ impl MemoryConnection {
             .run(|state| state.end_connection(id, ConnStatus::Lost));
     }
 
-    /// Reconnects after [`sever`](Self::sever): subscribers get
-    /// [`ConnectionEvent::Recovered`]; the caller declares its topology and consumes
-    /// again. Does nothing on an open connection.
+    /// Reconnects after [`sever`](Self::sever), as [`MemoryBroker::restore`] does:
+    /// its consumers resume, then subscribers get [`ConnectionEvent::Recovered`].
+    /// Does nothing on an open connection.
     ///
     /// # Errors
     ///

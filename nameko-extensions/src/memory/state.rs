@@ -19,9 +19,9 @@ use super::{
     equivalence::{self, QueueArgs, VHOST},
 };
 use crate::broker::{
-    AckOutcome, Binding, BrokerError, ConnectionEvent, ConsumeOptions, ConsumerEnd, ConsumerEvent, Delivery, Exchange,
-    ExchangeKind, FieldValue, Headers, NO_ROUTE, Properties, Publish, PublishOutcome, Queue, QueueInfo, Topology,
-    topic_matches,
+    AckOutcome, Binding, BrokerError, ConnectionEvent, ConsumeOptions, ConsumerEnd, ConsumerEvent, Declared, Delivery,
+    Exchange, ExchangeKind, FieldValue, Headers, NO_ROUTE, Properties, Publish, PublishOutcome, Queue, QueueInfo,
+    Topology, topic_matches,
 };
 
 /// Identifies a connection.
@@ -92,6 +92,11 @@ struct ConsumerState {
     exclusive: bool,
     in_flight: usize,
     tx: mpsc::UnboundedSender<ConsumerEvent>,
+    /// What its connection had declared for its queue when it started consuming:
+    /// declared again when the connection recovers (as lapin replays a consumer
+    /// channel's declares), so the consumer survives a queue that went with the
+    /// connection (exclusive, auto-delete).
+    redeclare: Topology,
 }
 
 impl ConsumerState {
@@ -124,6 +129,10 @@ pub(super) enum ConnStatus {
 struct ConnState {
     status: ConnStatus,
     events: broadcast::Sender<ConnectionEvent>,
+    /// What this connection declared and has not deleted.
+    declared: Declared,
+    /// Consumers paused while the connection is severed, resumed when it recovers.
+    suspended: Vec<(u64, ConsumerState)>,
 }
 
 /// How a delivery is settled.
@@ -243,6 +252,8 @@ impl State {
             ConnState {
                 status: ConnStatus::Open,
                 events,
+                declared: Declared::default(),
+                suspended: Vec::new(),
             },
         );
         id
@@ -296,7 +307,10 @@ impl State {
     }
 
     /// Ends an open connection as severed ([`ConnStatus::Lost`]) or closed: its
-    /// unacked deliveries are requeued, its consumers end, its exclusive queues go.
+    /// unacked deliveries are requeued and its exclusive queues go. Closed: its
+    /// consumers end (`ChannelClosed`). Severed: its consumers are suspended, to
+    /// resume when it reconnects. A severed connection that closes ends its
+    /// suspended consumers with `ConnectionLost`.
     pub(super) fn end_connection(&mut self, conn: ConnId, status: ConnStatus) {
         let Some(state) = self.conns.get_mut(&conn) else {
             return;
@@ -305,16 +319,15 @@ impl State {
             (ConnStatus::Open, ConnStatus::Lost | ConnStatus::Closed) => state.status = status,
             (ConnStatus::Lost, ConnStatus::Closed) => {
                 // Everything was already returned when it was severed.
-                self.conns.remove(&conn);
+                if let Some(state) = self.conns.remove(&conn) {
+                    for (_, consumer) in state.suspended {
+                        let _ = consumer.tx.send(ConsumerEvent::End(ConsumerEnd::ConnectionLost));
+                    }
+                }
                 return;
             }
             _ => return,
         }
-        let end = if status == ConnStatus::Lost {
-            ConsumerEnd::ConnectionLost
-        } else {
-            ConsumerEnd::ChannelClosed
-        };
         let mut tags: Vec<u64> = self
             .unacked
             .iter()
@@ -330,9 +343,15 @@ impl State {
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();
+        let mut suspended = Vec::new();
         for id in ids {
-            if let Some(consumer) = self.detach_consumer(id) {
-                let _ = consumer.tx.send(ConsumerEvent::End(end.clone()));
+            if let Some(mut consumer) = self.detach_consumer(id) {
+                if status == ConnStatus::Lost {
+                    consumer.in_flight = 0;
+                    suspended.push((id, consumer));
+                } else {
+                    let _ = consumer.tx.send(ConsumerEvent::End(ConsumerEnd::ChannelClosed));
+                }
             }
         }
         let owned: Vec<String> = self
@@ -345,8 +364,9 @@ impl State {
             self.remove_queue(&name);
         }
         if status == ConnStatus::Lost
-            && let Some(state) = self.conns.get(&conn)
+            && let Some(state) = self.conns.get_mut(&conn)
         {
+            state.suspended = suspended;
             let _ = state.events.send(ConnectionEvent::Lost {
                 reason: "connection severed (memory broker)".to_owned(),
             });
@@ -357,7 +377,10 @@ impl State {
         }
     }
 
-    /// Reopens a severed connection.
+    /// Reopens a severed connection: each suspended consumer's queue is declared
+    /// again as its connection had declared it, and the consumer resumes. One whose
+    /// queue is gone (and was not declared by this connection), or that cannot
+    /// resume, ends with `ChannelClosed`.
     pub(super) fn reconnect(&mut self, conn: ConnId) -> Result<(), BrokerError> {
         let Some(state) = self.conns.get_mut(&conn) else {
             return Err(BrokerError::ConnectionLost(
@@ -368,13 +391,54 @@ impl State {
             ConnStatus::Open => Ok(()),
             ConnStatus::Lost => {
                 state.status = ConnStatus::Open;
-                let _ = state.events.send(ConnectionEvent::Recovered);
+                let suspended = std::mem::take(&mut state.suspended);
+                for (id, consumer) in suspended {
+                    self.resume(conn, id, consumer);
+                }
+                if let Some(state) = self.conns.get(&conn) {
+                    let _ = state.events.send(ConnectionEvent::Recovered);
+                }
                 Ok(())
             }
             ConnStatus::Closed => Err(BrokerError::ConnectionLost(
                 "the memory broker connection was closed and cannot reconnect".to_owned(),
             )),
         }
+    }
+
+    /// Re-declares a suspended consumer's queue and attaches it again.
+    fn resume(&mut self, conn: ConnId, id: u64, mut consumer: ConsumerState) {
+        if consumer.tx.is_closed() {
+            return;
+        }
+        let resumed = self.declare(conn, &consumer.redeclare).and_then(|()| {
+            let queue = self
+                .queues
+                .get(&consumer.queue)
+                .ok_or_else(|| not_found_queue(&consumer.queue))?;
+            check_owner(queue, conn)?;
+            let held_exclusively = queue
+                .consumers
+                .iter()
+                .any(|c| self.consumers.get(c).is_some_and(|c| c.exclusive));
+            if held_exclusively || (consumer.exclusive && !queue.consumers.is_empty()) {
+                return Err(locked(&consumer.queue));
+            }
+            Ok(())
+        });
+        if let Err(error) = resumed {
+            tracing::warn!(queue = %consumer.queue, %error, "a consumer could not resume after the connection recovered");
+            let _ = consumer.tx.send(ConsumerEvent::End(ConsumerEnd::ChannelClosed));
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(&consumer.queue) else {
+            return;
+        };
+        queue.consumers.push(id);
+        queue.had_consumer = true;
+        consumer.generation = queue.generation;
+        self.dirty.insert(consumer.queue.clone());
+        self.consumers.insert(id, consumer);
     }
 
     // ---- declares ----
@@ -389,6 +453,9 @@ impl State {
         }
         for binding in &topology.bindings {
             self.bind(conn, binding)?;
+        }
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.declared.record(topology);
         }
         Ok(())
     }
@@ -486,6 +553,9 @@ impl State {
         };
         check_owner(queue, conn)?;
         self.remove_queue(name);
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.declared.forget_queue(name);
+        }
         Ok(())
     }
 
@@ -501,6 +571,9 @@ impl State {
         }
         self.exchanges.remove(name);
         self.bindings.retain(|(exchange, _, _)| exchange != name);
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.declared.forget_exchange(name);
+        }
         Ok(())
     }
 
@@ -720,6 +793,11 @@ impl State {
                 exclusive: options.exclusive,
                 in_flight: 0,
                 tx,
+                redeclare: self
+                    .conns
+                    .get(&conn)
+                    .map(|c| c.declared.for_queue(queue))
+                    .unwrap_or_default(),
             },
         );
         self.dirty.insert(queue.to_owned());

@@ -12,13 +12,14 @@ use std::{
 use bytes::Bytes;
 use nameko_core::{ContextData, RemoteError};
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast::error::RecvError, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{RpcArgs, RpcError};
 use crate::{
     broker::{
-        Binding, Delivery, Exchange, Properties, Publish, PublishOutcome, Queue, SharedBroker, Topology, expiration_for,
+        Binding, ConnectionEvent, Delivery, Exchange, Properties, Publish, PublishOutcome, Queue, SharedBroker,
+        Topology, expiration_for,
     },
     consumer::{DeliveryHandler, QueueConsumer},
     context::headers_from_context,
@@ -33,6 +34,58 @@ type Pending = Mutex<HashMap<String, oneshot::Sender<Result<Value, RpcError>>>>;
 /// for worker slots: nested calls cannot deadlock.
 struct Replies {
     pending: Pending,
+}
+
+impl Replies {
+    /// Fails every waiting call: the connection was lost, their replies cannot come.
+    fn fail_pending(&self, reason: &str) {
+        let pending: Vec<_> = self.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        if !pending.is_empty() {
+            tracing::warn!(calls = pending.len(), %reason, "the broker connection was lost: failing the RPC calls waiting for replies");
+        }
+        for (_, waiter) in pending {
+            let _ = waiter.send(Err(RpcError::ConnectionLost {
+                target: String::new(),
+                reason: reason.to_owned(),
+            }));
+        }
+    }
+}
+
+/// Follows the connection: fails waiting calls when it is lost, and checks the reply
+/// queue is there (declaring it again) when it recovers.
+async fn watch_connection(
+    broker: std::sync::Weak<dyn crate::broker::Broker>,
+    mut events: tokio::sync::broadcast::Receiver<ConnectionEvent>,
+    replies: std::sync::Weak<Replies>,
+    topology: Topology,
+    stopped: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = stopped.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(ConnectionEvent::Lost { reason }) => match replies.upgrade() {
+                Some(replies) => replies.fail_pending(&reason),
+                None => return,
+            },
+            Ok(ConnectionEvent::Recovered) => {
+                let Some(broker) = broker.upgrade() else {
+                    return;
+                };
+                // The broker declared the reply queue again with its consumer (it may
+                // have expired during the outage); this checks it is there.
+                match broker.declare(&topology).await {
+                    Ok(()) => tracing::debug!("the reply queue is there after the connection recovered"),
+                    Err(err) => tracing::warn!(%err, "could not check the reply queue after the connection recovered"),
+                }
+            }
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 impl DeliveryHandler for Replies {
@@ -89,6 +142,13 @@ struct ClientInner {
     replies: Arc<Replies>,
     consumer: Arc<QueueConsumer>,
     default_timeout: Option<Duration>,
+    stopped: CancellationToken,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.stopped.cancel();
+    }
 }
 
 impl RpcClient {
@@ -113,8 +173,17 @@ impl RpcClient {
         let replies = Arc::new(Replies {
             pending: Mutex::default(),
         });
-        let consumer = QueueConsumer::new(Arc::clone(&broker), topology, queue, 0);
+        let consumer = QueueConsumer::new(Arc::clone(&broker), topology.clone(), queue, 0, None);
+        let events = broker.events();
         consumer.start(Arc::clone(&replies) as Arc<dyn DeliveryHandler>).await?;
+        let stopped = CancellationToken::new();
+        tokio::spawn(watch_connection(
+            Arc::downgrade(&broker),
+            events,
+            Arc::downgrade(&replies),
+            topology,
+            stopped.clone(),
+        ));
         Ok(Self {
             inner: Arc::new(ClientInner {
                 broker,
@@ -123,6 +192,7 @@ impl RpcClient {
                 replies,
                 consumer,
                 default_timeout,
+                stopped,
             }),
         })
     }
@@ -238,6 +308,7 @@ impl RpcClient {
 
     /// Stops listening for replies; calls still waiting fail.
     pub async fn stop(&self) {
+        self.inner.stopped.cancel();
         self.inner.consumer.stop().await;
         self.inner
             .replies
@@ -249,6 +320,7 @@ impl RpcClient {
 
     /// Stops listening now.
     pub fn kill(&self) {
+        self.inner.stopped.cancel();
         self.inner.consumer.kill();
         self.inner
             .replies
@@ -290,8 +362,9 @@ impl RpcReply {
     ///
     /// # Errors
     ///
-    /// The remote error, [`RpcError::Timeout`] past the deadline, or
-    /// [`RpcError::Transport`] when the reply listener stopped.
+    /// The remote error, [`RpcError::Timeout`] past the deadline,
+    /// [`RpcError::ConnectionLost`] at once when the broker connection is lost while
+    /// waiting, or [`RpcError::Transport`] when the reply listener stopped.
     pub async fn result(self) -> Result<Value, RpcError> {
         let Self {
             rx,
@@ -320,7 +393,11 @@ impl RpcReply {
             },
             None => rx.await,
         };
-        received.unwrap_or_else(|_| Err(RpcError::Transport("the reply listener stopped".into())))
+        match received {
+            Ok(Err(RpcError::ConnectionLost { reason, .. })) => Err(RpcError::ConnectionLost { target, reason }),
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Transport("the reply listener stopped".into())),
+        }
     }
 }
 

@@ -93,13 +93,19 @@ pub(super) struct RpcConsumer {
 }
 
 impl RpcConsumer {
-    fn new(service: &'static str, broker: SharedBroker, exchange: String, prefetch: u16) -> Self {
+    fn new(
+        service: &'static str,
+        broker: SharedBroker,
+        exchange: String,
+        prefetch: u16,
+        readiness: Option<&nameko_core::Readiness>,
+    ) -> Self {
         let queue = rpc_queue(service);
         let topology = Topology::new()
             .exchange(Exchange::topic(&exchange))
             .queue(Queue::durable(&queue))
             .binding(QueueBinding::new(&exchange, &queue, format!("{service}.*")));
-        let consumer = QueueConsumer::new(Arc::clone(&broker), topology, queue, prefetch);
+        let consumer = QueueConsumer::new(Arc::clone(&broker), topology, queue, prefetch, readiness);
         Self {
             service,
             broker,
@@ -315,8 +321,9 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for RpcEntryp
         }
         let exchange = cx.config().rpc_exchange().to_owned();
         let prefetch = u16::try_from(cx.config().max_workers()).unwrap_or(u16::MAX);
+        let readiness = transport::readiness(cx);
         let consumer = cx.shared().get_or_insert_with(&format!("rpc-consumer/{service}"), || {
-            RpcConsumer::new(service, broker, exchange, prefetch)
+            RpcConsumer::new(service, broker, exchange, prefetch, readiness.as_ref())
         });
         consumer.register(method, Arc::new(Method { binding }));
         self.consumer = Some(consumer);

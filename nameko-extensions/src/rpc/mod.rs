@@ -55,6 +55,19 @@ pub enum RpcError {
     /// The broker failed: the request may not have been sent, or the reply cannot come.
     #[error("RPC transport failure: {0}")]
     Transport(String),
+    /// The broker connection was lost while the call waited for its reply: the reply
+    /// cannot arrive. The request may or may not have run; the call fails at once
+    /// instead of timing out.
+    #[error(
+        "the connection to the broker was lost while `{target}` was called: its reply cannot arrive \
+         (the call may or may not have run): {reason}"
+    )]
+    ConnectionLost {
+        /// `<service>.<method>`.
+        target: String,
+        /// Why the connection was lost.
+        reason: String,
+    },
     /// The reply could not be read, or its result did not fit the expected type.
     #[error("could not decode the RPC reply: {0}")]
     Decode(String),

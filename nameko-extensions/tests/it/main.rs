@@ -7,6 +7,7 @@ mod support;
 mod conformance;
 mod events;
 mod golden;
+mod recovery;
 mod rpc;
 #[cfg(feature = "amqp-tls")]
 mod tls;

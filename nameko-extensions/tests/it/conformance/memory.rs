@@ -42,6 +42,15 @@ impl Harness for MemoryHarness {
         memory.sever();
     }
 
+    async fn restore(&self, connection: &SharedBroker) {
+        let connections = self.connections.lock().expect("the harness lock");
+        let (_, memory) = connections
+            .iter()
+            .find(|(shared, _)| Arc::ptr_eq(shared, connection))
+            .expect("a connection of this harness");
+        memory.reconnect().expect("a severed connection reconnects");
+    }
+
     async fn list_queues(&self) -> Vec<QueueInfo> {
         self.broker.list_queues()
     }

@@ -16,10 +16,11 @@ use std::{future::Future, time::Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 use nameko_extensions::broker::{
-    AckOutcome, Binding, BrokerError, ConsumeOptions, Consumer, ConsumerEnd, Delivery, Exchange, ExchangeKind, Headers,
-    Properties, Publish, PublishOutcome, Queue, QueueInfo, SharedBroker, Topology,
+    AckOutcome, Binding, BrokerError, ConnectionEvent, ConsumeOptions, Consumer, ConsumerEnd, Delivery, Exchange,
+    ExchangeKind, Headers, Properties, Publish, PublishOutcome, Queue, QueueInfo, SharedBroker, Topology,
 };
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 use tokio::time::{sleep, timeout};
 
 /// What the suite needs from a broker under test.
@@ -27,8 +28,11 @@ use tokio::time::{sleep, timeout};
 trait Harness: Send + Sync {
     /// Opens a new connection.
     async fn connect(&self) -> SharedBroker;
-    /// Simulates the loss of a connection opened by [`connect`](Self::connect).
+    /// Simulates the loss of a connection opened by [`connect`](Self::connect): it is
+    /// cut, and cannot reconnect until [`restore`](Self::restore).
     async fn sever(&self, connection: &SharedBroker);
+    /// Lets a severed connection reconnect.
+    async fn restore(&self, connection: &SharedBroker);
     /// Every queue of the broker (or vhost), sorted by name, with its declare flags and
     /// arguments as declared.
     async fn list_queues(&self) -> Vec<QueueInfo>;
@@ -63,7 +67,7 @@ macro_rules! conformance_suite {
             single_active_consumer,
             message_ttl_dead_letters,
             nack_without_requeue_dead_letters,
-            sever_connection,
+            connection_loss_and_recovery,
             list_queues_and_bindings,
         );
     };
@@ -747,27 +751,80 @@ async fn nack_without_requeue_dead_letters(h: &dyn Harness) {
     cleanup(&b, &[&work, &dead, &plain], &[&dlx]).await;
 }
 
-/// A lost connection ends its consumers with `ConnectionLost`; their unacked
-/// deliveries go to other consumers, redelivered, and acks on them are stale.
-async fn sever_connection(h: &dyn Harness) {
+/// Waits (up to 20 s) for a connection event that `wanted` accepts.
+async fn event(events: &mut broadcast::Receiver<ConnectionEvent>, what: &str, wanted: fn(&ConnectionEvent) -> bool) {
+    let waited = timeout(Duration::from_secs(20), async {
+        loop {
+            match events.recv().await {
+                Ok(event) if wanted(&event) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("the events ended before {what}"),
+            }
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "no {what} event within 20 s");
+}
+
+/// The recovery contract (see `nameko_extensions::broker`): a lost connection's
+/// consumers pause and do not end; its unacked deliveries go back (acks on them are
+/// stale); publishes and declares fail with `ConnectionLost` during the outage;
+/// subscribers get `Lost`, then `Recovered`; the same consumers then resume with the
+/// redelivered message first, the queues the connection declared come back with their
+/// bindings (an auto-delete queue deleted by the loss too), and publishes work again.
+async fn connection_loss_and_recovery(h: &dyn Harness) {
     let (lost, survivor) = (h.connect().await, h.connect().await);
-    let q = h.unique("sever");
-    declare(&survivor, Topology::new().queue(transient(&q))).await;
-    publish(&survivor, "", &q, "in flight").await;
-    let mut doomed = lost.consume(&q, ConsumeOptions::prefetch(1)).await.expect("consume");
-    let delivery = next(&mut doomed).await;
-    assert!(!delivery.redelivered);
+    let (x, q, auto) = (h.unique("recover-x"), h.unique("recover"), h.unique("recover-auto"));
+    declare(
+        &lost,
+        Topology::new()
+            .exchange(exchange(&x, ExchangeKind::Topic))
+            .queue(transient(&q))
+            .queue(transient(&auto).auto_delete(true))
+            .binding(Binding::new(&x, &q, "k"))
+            .binding(Binding::new(&x, &auto, "k")),
+    )
+    .await;
+    publish(&survivor, &x, "k", "one").await;
+    publish(&survivor, &x, "k", "two").await;
+    let mut consumer = lost.consume(&q, ConsumeOptions::prefetch(1)).await.expect("consume");
+    let mut auto_consumer = lost.consume(&auto, ConsumeOptions::prefetch(0)).await.expect("consume");
+    let first = next(&mut consumer).await;
+    assert_eq!((body(&first), first.redelivered), ("one".to_owned(), false));
+    assert_eq!(take(&mut auto_consumer, 2).await, ["one", "two"]);
+    let mut events = lost.events();
+
     h.sever(&lost).await;
-    assert_eq!(end(&mut doomed).await, ConsumerEnd::ConnectionLost);
-    assert_eq!(delivery.ack().await, Ok(AckOutcome::Stale));
-    let mut consumer = survivor
-        .consume(&q, ConsumeOptions::prefetch(1))
-        .await
-        .expect("consume");
+    event(&mut events, "Lost", |e| matches!(e, ConnectionEvent::Lost { .. })).await;
+    assert_eq!(first.ack().await, Ok(AckOutcome::Stale));
+    eventually(
+        h,
+        "the unacked delivery is back and the auto-delete queue gone",
+        |queues| counts(&q, 2, 0)(queues) && no_queue(&auto)(queues),
+    )
+    .await;
+    assert!(matches!(
+        lost.publish(message(&x, "k", "during")).await,
+        Err(BrokerError::ConnectionLost(_))
+    ));
+    assert!(matches!(
+        lost.declare(&Topology::new().queue(transient(&q))).await,
+        Err(BrokerError::ConnectionLost(_))
+    ));
+    nothing(&mut consumer).await;
+    publish(&survivor, &x, "k", "three").await;
+
+    h.restore(&lost).await;
+    event(&mut events, "Recovered", |e| *e == ConnectionEvent::Recovered).await;
     let again = next(&mut consumer).await;
-    assert_eq!((body(&again), again.redelivered), ("in flight".to_owned(), true));
+    assert_eq!((body(&again), again.redelivered), ("one".to_owned(), true));
     assert_eq!(again.ack().await, Ok(AckOutcome::Done));
-    cleanup(&survivor, &[&q], &[]).await;
+    assert_eq!(take(&mut consumer, 2).await, ["two", "three"]);
+    publish(&lost, &x, "k", "four").await;
+    assert_eq!(take(&mut consumer, 1).await, ["four"]);
+    assert_eq!(take(&mut auto_consumer, 1).await, ["four"]);
+    nothing(&mut auto_consumer).await;
+    cleanup(&survivor, &[&q, &auto], &[&x]).await;
 }
 
 /// `list_queues` reports each queue's declare flags and arguments and its counts;

@@ -32,7 +32,7 @@ use crate::proxy::Proxy;
 struct RabbitHarness {
     uri: AmqpUri,
     run: String,
-    connections: Mutex<Vec<(SharedBroker, Proxy)>>,
+    connections: Mutex<Vec<(SharedBroker, Arc<Proxy>)>>,
     names: AtomicU64,
 }
 
@@ -88,6 +88,18 @@ impl RabbitHarness {
     }
 }
 
+impl RabbitHarness {
+    /// The proxy of a connection made by `connect`.
+    fn proxy(&self, connection: &SharedBroker) -> Arc<Proxy> {
+        let connections = self.connections.lock().expect("the harness lock");
+        let (_, proxy) = connections
+            .iter()
+            .find(|(shared, _)| Arc::ptr_eq(shared, connection))
+            .expect("a connection of this harness");
+        Arc::clone(proxy)
+    }
+}
+
 fn arguments(value: &Value) -> Headers {
     match value {
         Value::Object(map) => Headers::from_json_map(map),
@@ -126,17 +138,17 @@ impl Harness for RabbitHarness {
         self.connections
             .lock()
             .expect("the harness lock")
-            .push((Arc::clone(&shared), proxy));
+            .push((Arc::clone(&shared), Arc::new(proxy)));
         shared
     }
 
     async fn sever(&self, connection: &SharedBroker) {
-        let connections = self.connections.lock().expect("the harness lock");
-        let (_, proxy) = connections
-            .iter()
-            .find(|(shared, _)| Arc::ptr_eq(shared, connection))
-            .expect("a connection of this harness");
-        proxy.cut();
+        self.proxy(connection).down();
+    }
+
+    async fn restore(&self, connection: &SharedBroker) {
+        let proxy = self.proxy(connection);
+        proxy.up().await;
     }
 
     async fn list_queues(&self) -> Vec<QueueInfo> {

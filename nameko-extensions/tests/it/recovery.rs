@@ -1,0 +1,258 @@
+//! Connection loss and recovery seen from services: the runner's readiness follows the
+//! connection, RPC calls waiting for a reply fail at once with `ConnectionLost`, and
+//! the service answers again after recovery — on the memory broker (`sever` /
+//! `reconnect`) and on RabbitMQ (through a TCP proxy taken down and brought back).
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use nameko_core::{Config, Entrypoints, RemoteError, Service, ServiceRunner, deps::Dep};
+use nameko_extensions::{
+    broker::{Broker, SharedBroker},
+    context::edge_context,
+    memory::MemoryBroker,
+    rpc::{RpcArgs, RpcClient, RpcEntrypoint, RpcError},
+};
+use serde_json::{Value, json};
+use tokio::time::timeout;
+
+use crate::support::{Seen, deps, eventually};
+
+deps!(Patient, PatientProviders { seen: Dep<Seen> });
+
+impl Service for Patient {
+    const NAME: &'static str = "patient";
+
+    fn entrypoints(e: &mut Entrypoints<Self>) {
+        e.add("wait", RpcEntrypoint::<(), ()>::new(), |w: Patient, ()| async move {
+            w.seen.push("wait", Value::Null);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok::<_, RemoteError>(())
+        })
+        .add("ping", RpcEntrypoint::<(), Value>::new(), |_: Patient, ()| async move {
+            Ok::<_, RemoteError>(json!("pong"))
+        });
+    }
+}
+
+const SOON: Duration = Duration::from_secs(20);
+
+async fn soon<T>(what: &str, future: impl Future<Output = T>) -> T {
+    timeout(SOON, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took over {SOON:?}"))
+}
+
+/// The scenario on one broker connection that `sever` cuts and `restore` lets back.
+async fn readiness_and_calls_follow_the_connection<S, R>(
+    broker: SharedBroker,
+    exchange: &str,
+    sever: impl Fn() -> S,
+    restore: impl Fn() -> R,
+) where
+    S: Future<Output = ()>,
+    R: Future<Output = ()>,
+{
+    let seen = Arc::new(Seen::default());
+    let config = Config::from_yaml_str(&format!("rpc_exchange: {exchange}\n")).unwrap();
+    let runner = ServiceRunner::new(config)
+        .resource::<dyn Broker>(Arc::clone(&broker))
+        .resource(Arc::clone(&seen))
+        .stop_timeout(Duration::from_secs(5))
+        .with_service::<Patient>();
+    let readiness = runner.readiness();
+    assert!(!readiness.is_ready(), "not ready before starting");
+    let running = runner.start().await.expect("the service starts");
+    assert!(readiness.is_ready(), "ready once consuming: {}", readiness.report());
+    let consumer = format!("consumer rpc-{}", Patient::NAME);
+    assert!(readiness.report().parts().any(|(name, _)| name == consumer));
+
+    let client = RpcClient::start(Arc::clone(&broker), exchange, "recovery_test", Some(SOON))
+        .await
+        .expect("a client");
+    let call = |method: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .call(Patient::NAME, method, RpcArgs::positional([]), &edge_context(), None)
+                .await
+        }
+    };
+    assert_eq!(call("ping").await.expect("ping"), json!("pong"));
+    let waiting = tokio::spawn(call("wait"));
+    eventually("the call is running", || seen.count("wait") == 1).await;
+
+    sever().await;
+    let failed = soon("the waiting call failing", waiting).await.expect("the call task");
+    match failed {
+        Err(RpcError::ConnectionLost { target, reason }) => {
+            assert_eq!(target, "patient.wait");
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected ConnectionLost at once, got {other:?}"),
+    }
+    let message = call("wait").await.expect_err("no call during the outage").to_string();
+    assert!(message.contains("connection lost"), "{message}");
+    soon("not ready", readiness.wait_not_ready()).await;
+    let report = readiness.report().to_string();
+    assert!(
+        report.contains(&consumer) && report.contains("connection lost"),
+        "{report}"
+    );
+
+    restore().await;
+    soon("ready again", readiness.wait_ready()).await;
+    assert_eq!(
+        soon("a call after recovery", call("ping")).await.expect("ping"),
+        json!("pong")
+    );
+    // The request interrupted by the loss was redelivered and ran again.
+    eventually("the interrupted call ran again", || seen.count("wait") == 2).await;
+
+    client.stop().await;
+    running.stop().await;
+    assert!(!readiness.is_ready(), "not ready once stopped");
+    let _ = broker.delete_queue(client.reply_queue()).await;
+    let _ = broker.delete_queue(&format!("rpc-{}", Patient::NAME)).await;
+    let _ = broker.delete_exchange(exchange).await;
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn memory_readiness_and_calls_follow_the_connection() {
+    let memory = MemoryBroker::new();
+    let connection = memory.connect();
+    let broker: SharedBroker = Arc::new(connection.clone());
+    readiness_and_calls_follow_the_connection(
+        broker,
+        "nameko-rpc",
+        || async { connection.sever() },
+        || async { connection.reconnect().expect("reconnects") },
+    )
+    .await;
+}
+
+#[cfg(feature = "amqp")]
+mod rabbitmq {
+    use std::sync::Arc;
+
+    use nameko_extensions::{
+        amqp::{AmqpBroker, AmqpOptions, AmqpUri},
+        broker::SharedBroker,
+    };
+
+    use nameko_core::Service as _;
+
+    use crate::proxy::Proxy;
+
+    /// `NAMEKO_TEST_AMQP_URI` when RabbitMQ is there; otherwise prints why and gives
+    /// `None`, or panics under `CI=true`.
+    pub(crate) async fn rabbitmq() -> Option<AmqpUri> {
+        let skip = |reason: String| {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "RabbitMQ tests cannot run under CI=true: {reason}"
+            );
+            eprintln!("skipping a RabbitMQ test: {reason}");
+            None
+        };
+        let Ok(text) = std::env::var("NAMEKO_TEST_AMQP_URI") else {
+            return skip("NAMEKO_TEST_AMQP_URI is not set".to_owned());
+        };
+        let uri = match AmqpUri::parse(&text) {
+            Ok(uri) => uri,
+            Err(error) => return skip(format!("NAMEKO_TEST_AMQP_URI is invalid: {error}")),
+        };
+        if let Err(error) = tokio::net::TcpStream::connect(format!("{}:{}", uri.host(), uri.port())).await {
+            return skip(format!("RabbitMQ at {uri} is unreachable: {error}"));
+        }
+        Some(uri)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rabbitmq_readiness_and_calls_follow_the_connection() {
+        let Some(uri) = rabbitmq().await else {
+            return;
+        };
+        let proxy = Arc::new(Proxy::start(format!("{}:{}", uri.host(), uri.port())).await);
+        let through = uri.with_address("127.0.0.1", proxy.port());
+        let broker: SharedBroker = Arc::new(
+            AmqpBroker::connect(&through, AmqpOptions::new("nameko-rs recovery test"))
+                .await
+                .expect("a connection"),
+        );
+        let exchange = format!("recovery-{}", uuid::Uuid::new_v4().simple());
+        super::readiness_and_calls_follow_the_connection(
+            broker,
+            &exchange,
+            || async { proxy.down() },
+            || async { proxy.up().await },
+        )
+        .await;
+    }
+
+    /// A runner started the way `run` does on AMQP: the connection is retried while
+    /// RabbitMQ refuses it (not ready meanwhile), then the services start, become
+    /// ready and answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rabbitmq_a_runner_waits_for_rabbitmq_then_serves() {
+        let Some(uri) = rabbitmq().await else {
+            return;
+        };
+        let proxy = Proxy::start_down(format!("{}:{}", uri.host(), uri.port())).await;
+        let through = uri.with_address("127.0.0.1", proxy.port());
+        let exchange = format!("recovery-start-{}", uuid::Uuid::new_v4().simple());
+        let config = nameko_core::Config::from_yaml_str(&format!("rpc_exchange: {exchange}\n")).unwrap();
+        let seen = Arc::new(crate::support::Seen::default());
+        let runner = nameko_core::ServiceRunner::new(config)
+            .resource(Arc::clone(&seen))
+            .with_service::<super::Patient>();
+        let readiness = runner.readiness();
+        let connecting = {
+            let readiness = readiness.clone();
+            tokio::spawn(async move {
+                AmqpBroker::connect_retrying(&through, AmqpOptions::new("nameko-rs start test"), Some(&readiness))
+                    .await
+                    .expect("a plain URI needs no TLS")
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(!connecting.is_finished(), "still waiting for RabbitMQ");
+        let report = readiness.report().to_string();
+        assert!(
+            report.contains("RabbitMQ connection (cannot connect to amqp://guest:***@127.0.0.1:"),
+            "{report}"
+        );
+        proxy.up().await;
+        let broker: SharedBroker = Arc::new(
+            super::soon("connecting once RabbitMQ is there", connecting)
+                .await
+                .unwrap(),
+        );
+        let running = runner
+            .resource::<dyn nameko_extensions::broker::Broker>(Arc::clone(&broker))
+            .start()
+            .await
+            .expect("the service starts");
+        super::soon("ready", readiness.wait_ready()).await;
+        let client = nameko_extensions::rpc::RpcClient::start(Arc::clone(&broker), &exchange, "start_test", None)
+            .await
+            .expect("a client");
+        let pong = client
+            .call(
+                super::Patient::NAME,
+                "ping",
+                nameko_extensions::rpc::RpcArgs::positional([]),
+                &nameko_extensions::context::edge_context(),
+                Some(super::SOON),
+            )
+            .await
+            .expect("ping");
+        assert_eq!(pong, serde_json::json!("pong"));
+        client.stop().await;
+        running.stop().await;
+        let _ = broker.delete_queue(client.reply_queue()).await;
+        let _ = broker.delete_queue(&format!("rpc-{}", super::Patient::NAME)).await;
+        let _ = broker.delete_exchange(&exchange).await;
+        broker.close().await;
+    }
+}
