@@ -4,8 +4,8 @@ stdin: {"context": {...} | null,
         "register": ["module.Name", ...],   # exception classes to deserialize to
         "calls": [{"service": s, "method": m, "args": [...], "kwargs": {...}}]}
 stdout: one JSON list, per call {"result": value} or {"error": {...}}.
-The config (AMQP_URI, rpc_exchange) is JSON in NAMEKO_TEST_CONFIG. The proxy's reply
-queue is deleted at the end, so the test leaves nothing behind.
+The config (AMQP_URI, rpc_exchange) is JSON in NAMEKO_TEST_CONFIG. The test fixture
+deletes the proxy's reply queue when the script exits.
 """
 
 import json
@@ -13,7 +13,6 @@ import os
 import sys
 import types
 
-from kombu import Connection
 from nameko.exceptions import RemoteError, deserialize_to_instance
 from nameko.standalone.rpc import ClusterRpcProxy
 
@@ -45,9 +44,7 @@ def main():
     for path in request.get("register", []):
         register(path)
     outcomes = []
-    proxy = ClusterRpcProxy(config, context_data=request.get("context"), timeout=30)
-    rpc = proxy.start()
-    try:
+    with ClusterRpcProxy(config, context_data=request.get("context"), timeout=30) as rpc:
         for call in request["calls"]:
             method = getattr(rpc[call["service"]], call["method"])
             try:
@@ -55,10 +52,6 @@ def main():
                 outcomes.append({"result": result})
             except Exception as error:  # every kind is an outcome to check
                 outcomes.append({"error": describe(error)})
-    finally:
-        proxy.stop()
-        with Connection(config["AMQP_URI"]) as connection:
-            connection.default_channel.queue_delete(proxy._reply_listener.queue.name)
     json.dump(outcomes, sys.stdout)
 
 
