@@ -29,15 +29,16 @@ pub const CONFIG_VAR: &str = "NAMEKO_TEST_CONFIG";
 /// [`RabbitMq`] fixture: both get the fixture's `AMQP_URI` and its private
 /// `rpc_exchange`, in the config file and as JSON in `NAMEKO_TEST_CONFIG`.
 ///
+/// With a module `tests/py/services.py` whose `Calc` service reads its name from
+/// `CALC_NAME`, and a script `tests/py/call.py` that calls its `add(1, 2)`:
+///
 /// ```no_run
-/// use std::time::Duration;
 /// use nameko_testing::{PythonNameko, RabbitMq};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let Some(rabbit) = RabbitMq::from_env().await else { return };
 /// let Some(python) = PythonNameko::from_env() else { return };
-/// // tests/py/services.py reads its service name from the environment.
 /// let name = rabbit.unique("py_calc");
 /// let service = python
 ///     .service(&rabbit, "services:Calc")
@@ -78,7 +79,7 @@ impl PythonNameko {
         };
         match Self::new(python) {
             Ok(found) => Some(found),
-            Err(reason) => skip(WHAT, &reason),
+            Err(error) => skip(WHAT, &error.to_string()),
         }
     }
 
@@ -86,8 +87,8 @@ impl PythonNameko {
     ///
     /// # Errors
     ///
-    /// A message saying why it cannot be used.
-    pub fn new(python: impl Into<PathBuf>) -> Result<Self, String> {
+    /// [`FixtureError::NoNameko`] saying why it cannot be used.
+    pub fn new(python: impl Into<PathBuf>) -> Result<Self, FixtureError> {
         static CHECKED: OnceLock<Mutex<Vec<(PathBuf, Result<String, String>)>>> = OnceLock::new();
         let python = python.into();
         let mut checked = CHECKED
@@ -101,11 +102,14 @@ impl PythonNameko {
                 checked.push((python.clone(), version.clone()));
                 version
             }
-        }?;
-        Ok(Self {
-            python,
-            nameko_version: version,
-        })
+        };
+        match version {
+            Ok(version) => Ok(Self {
+                python,
+                nameko_version: version,
+            }),
+            Err(reason) => Err(FixtureError::NoNameko { python, reason }),
+        }
     }
 
     /// The interpreter's path.
@@ -154,13 +158,12 @@ fn nameko_version(python: &Path) -> Result<String, String> {
     let output = Command::new(python)
         .args(["-c", "from importlib.metadata import version; print(version('nameko'))"])
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+        .map_err(|e| format!("it does not run: {e}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     } else {
         Err(format!(
-            "{} has no Nameko: {}",
-            python.display(),
+            "it has no Nameko: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         ))
     }
@@ -227,8 +230,9 @@ impl PythonServiceBuilder<'_> {
     ///
     /// # Errors
     ///
-    /// When the process cannot start, exits early, or is not consuming in time; the
-    /// error holds its output.
+    /// [`FixtureError::Io`] when the process cannot start, [`FixtureError::Exited`] when
+    /// it exits early, [`FixtureError::NotReady`] when it is not consuming in time; the
+    /// last two hold its output.
     ///
     /// # Panics
     ///
@@ -351,11 +355,13 @@ impl PythonService {
                     wanted,
                     ..
                 }) => {
-                    return Err(FixtureError::NotConsuming {
-                        queue: format!("{queue} (`{}` printed:\n{})", self.described, self.output()),
+                    return Err(FixtureError::NotReady {
+                        command: self.described.clone(),
+                        queue,
                         consumers,
                         wanted,
                         waited: start.elapsed(),
+                        output: self.output(),
                     });
                 }
                 Err(other) => return Err(other),

@@ -44,6 +44,33 @@ pub enum FixtureError {
         /// How long the fixture waited.
         waited: Duration,
     },
+    /// A Python service did not get its consumers in time.
+    #[error(
+        "`{command}` was not ready: queue `{queue}` had {consumers} consumer(s) after {waited:?}; \
+         waited for {wanted}\n--- output ---\n{output}"
+    )]
+    NotReady {
+        /// The command line.
+        command: String,
+        /// The queue waited for.
+        queue: String,
+        /// How many consumers it had at the end.
+        consumers: u32,
+        /// How many were wanted.
+        wanted: u32,
+        /// How long the fixture waited.
+        waited: Duration,
+        /// What the process printed.
+        output: String,
+    },
+    /// The interpreter cannot run Nameko.
+    #[error("{python} cannot run Nameko: {reason}")]
+    NoNameko {
+        /// The interpreter.
+        python: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A process could not be started or read.
     #[error("cannot {what}: {source}")]
     Io {

@@ -174,6 +174,23 @@ async fn python_failures_come_with_their_output() {
         "{err}"
     );
 
+    let name = rabbit.unique("fixture_unready");
+    let never = rabbit.unique("never_consumed");
+    let err = python
+        .service(&rabbit, "echo:Echo")
+        .dir(py(""))
+        .env("ECHO_NAME", &name)
+        .ready_when_consuming(&never)
+        .timeout(Duration::from_secs(4))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FixtureError::NotReady { queue, consumers: 0, wanted: 1, output, .. }
+            if *queue == never && output.contains("starting services")),
+        "{err}"
+    );
+
     let err = python.script(&rabbit, py("fail.py")).run().await.unwrap_err();
     assert!(
         matches!(&err, FixtureError::Exited { output, .. }
