@@ -7,6 +7,7 @@
 //! 4. [Events](events)
 //! 5. [Testing](testing)
 //! 6. [Configuration](configuration)
+//! 7. [Joining a Python Nameko cluster](python_cluster)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -31,3 +32,14 @@ pub mod testing {}
 
 #[doc = include_str!("../guide/configuration.md")]
 pub mod configuration {}
+
+#[doc = include_str!("../guide/python-cluster.md")]
+///
+/// ### `python/greet.py`
+///
+#[doc = concat!("```python\n", include_str!("../../examples/greeting/python/greet.py"), "```")]
+///
+/// ### `python/listener.py`
+///
+#[doc = concat!("```python\n", include_str!("../../examples/greeting/python/listener.py"), "```")]
+pub mod python_cluster {}

@@ -11,11 +11,22 @@
 //!   ([`ServiceHarnessBuilder::providers`]) and `restrict_entrypoints`
 //!   ([`ServiceHarnessBuilder::only_entrypoints`]).
 //! - [`Once`] and [`Dummy`]: the test entrypoints of `nameko.testing.services`.
+//! - RabbitMQ tests (feature `rabbitmq`): [`RabbitMq`] reads `NAMEKO_TEST_AMQP_URI`,
+//!   skips with a printed reason when it is unset or unreachable (fails under
+//!   `CI=true`), gives unique names and a private RPC exchange, and deletes what the
+//!   test declared, also when the test fails.
+//! - Interop tests (feature `python`): [`PythonNameko`] runs Python Nameko services
+//!   (`nameko run`, killed on drop, output printed when the test fails) and scripts
+//!   with the interpreter at `NAMEKO_TEST_PYTHON`, against a [`RabbitMq`].
 //!
 //! Stability: this crate follows the `nameko` crate's version; its helpers change only
 //! with a minor release.
 
 mod harness;
+#[cfg(feature = "python")]
+mod python;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 
 #[doc(inline)]
 pub use nameko_core::entrypoints::{Dummy, Once};
@@ -23,3 +34,7 @@ pub use nameko_core::entrypoints::{Dummy, Once};
 pub use nameko_extensions::events::{DispatchLog, EventDispatcher};
 
 pub use self::harness::{EntrypointWaiter, ServiceHarness, ServiceHarnessBuilder, WaitError};
+#[cfg(feature = "python")]
+pub use self::python::{CONFIG_VAR, PYTHON_VAR, PythonNameko, PythonScript, PythonService, PythonServiceBuilder};
+#[cfg(feature = "rabbitmq")]
+pub use self::rabbitmq::{AMQP_URI_VAR, FixtureError, QueueCounts, RabbitMq};

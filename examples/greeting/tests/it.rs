@@ -1,5 +1,5 @@
-//! The greeting example in real containers on the in-memory broker, and its binary
-//! under real signals.
+//! The greeting example in real containers on the in-memory broker, its binary under
+//! real signals, and its binary on RabbitMQ with Python Nameko on the other side.
 
 use std::{
     io::{BufRead, BufReader},
@@ -11,7 +11,7 @@ use std::{
 use example_greeting::{CountingVisitors, Greeting, Listen, Visitors};
 use nameko::memory::MemoryBroker;
 use nameko::rpc::RpcError;
-use nameko_testing::ServiceHarness;
+use nameko_testing::{PythonNameko, RabbitMq, ServiceHarness};
 use serde_json::json;
 
 #[tokio::test]
@@ -118,4 +118,105 @@ fn the_default_transport_never_falls_back_to_memory() {
     assert!(log.contains("waiting for RabbitMQ: stopping"), "{log}");
     assert!(!log.contains("secret"), "{log}");
     assert!(!log.contains("running on the memory transport"), "{log}");
+}
+
+/// The guide's "Joining a Python Nameko cluster": `run --broker` serves Python's
+/// `ClusterRpcProxy` (`python/greet.py`) and a Python `@event_handler` service
+/// (`python/listener.py`) hears the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_calls_the_binary_over_rabbitmq() {
+    let Some(python) = PythonNameko::from_env() else { return };
+    let Some(rabbit) = RabbitMq::from_env().await else {
+        return;
+    };
+    for service in ["greeting", "listen", "python_listener"] {
+        rabbit.claim_service(service);
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let listener = python
+        .service(&rabbit, "listener:PythonListener")
+        .dir(&dir)
+        .ready_when_consuming("evt-greeting-greeted--python_listener.on_greeted")
+        .start()
+        .await
+        .unwrap();
+    let url = rabbit.url();
+    let exchange = format!("rpc_exchange={}", rabbit.rpc_exchange());
+    let mut binary = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_example-greeting"))
+            .args(["run", "--broker", &url, "--define", &exchange])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the example binary starts"),
+    );
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let log = Arc::clone(&log);
+        let stderr = binary.0.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        })
+    };
+    for queue in ["rpc-greeting", "evt-greeting-greeted--listen.on_greeted"] {
+        rabbit
+            .wait_for_consumers(queue, 1, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}; log: {:#?}", log.lock().unwrap()));
+    }
+
+    let out = python
+        .script(&rabbit, dir.join("greet.py"))
+        .arg(&url)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["Hi, Ada!", "Hi, Grace!", "NoName - a name is needed to greet somebody"]
+    );
+
+    let mut heard = String::new();
+    for _ in 0..200 {
+        heard = listener.output();
+        if heard.contains("Python heard that Ada was greeted") && heard.contains("Grace was greeted") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(heard.contains("Python heard that Ada was greeted"), "{heard}");
+    assert!(heard.contains("Python heard that Grace was greeted"), "{heard}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &binary.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = binary.0.wait().unwrap();
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "exit {status:?}; log: {log:#?}");
+    assert!(log.iter().any(|l| l.contains("Somebody greeted Ada")), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("running on the amqp transport")),
+        "{log:#?}"
+    );
+    drop(listener);
+    rabbit.cleanup().await.unwrap();
+}
+
+/// A child process killed if the test fails before it stops it: it must not outlive
+/// the test and re-declare what the RabbitMQ fixture deletes.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

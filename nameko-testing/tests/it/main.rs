@@ -1,3 +1,5 @@
 //! Integration tests of nameko-testing.
 
+#[cfg(feature = "python")]
+mod fixtures;
 mod harness;

@@ -1,4 +1,5 @@
 //! Integration tests of the `nameko` facade: one binary, one module per area.
 
+mod interop;
 mod macros;
 mod standalone;
