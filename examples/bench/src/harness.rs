@@ -5,8 +5,11 @@
 //! service's queues, starts the server (`example-bench run bench` or
 //! `example-bench raw-server`), times start-up until the server answers an `echo`
 //! (`startup_ms`), runs every scenario in a client process of the same implementation
-//! (`example-bench client` or `raw-client`), reads the server's peak RSS (`VmHWM`),
-//! and stops the server with SIGTERM, which must end it cleanly. Everything runs on a
+//! (`example-bench client` or `raw-client`), reads the server's CPU time around each
+//! scenario (per call or event; it includes the client's warm-up calls and polls, the
+//! same for both) and its peak RSS (`VmHWM`), and stops the server with SIGTERM, which
+//! must end it cleanly. CPU per operation is the number that contention from other
+//! processes disturbs least. Everything runs on a
 //! unique RPC exchange; at the end it deletes that exchange, the service's queues,
 //! `loadgen.events` and its own reply queue. Queue names are fixed by the service, so
 //! two harnesses must not share a vhost at the same time.
@@ -161,7 +164,8 @@ impl HarnessOptions {
 }
 
 /// The numbers of one run of one implementation, by metric key (`startup_ms`,
-/// `server_rss_kb`, `client_rss_kb`, `<scenario>.<key>`).
+/// `server_rss_kb`, `client_rss_kb`, `<scenario>.<key>` for the client's keys and
+/// `<scenario>.server_cpu_us`, `<scenario>.client_cpu_us`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunResult {
     /// Which implementation.
@@ -268,6 +272,21 @@ impl Summary {
                     rows.push(row("consume_rps", format!("{what}: consumed/s"), Floor::AtLeast(0.9)));
                 }
             }
+            let per = if matches!(scenario, Scenario::Events { .. }) {
+                "event"
+            } else {
+                "call"
+            };
+            rows.push(row(
+                "server_cpu_us",
+                format!("{name}: server CPU per {per} (µs)"),
+                Floor::None,
+            ));
+            rows.push(row(
+                "client_cpu_us",
+                format!("{name}: client CPU per {per} (µs)"),
+                Floor::None,
+            ));
         }
         rows.push((
             "server_rss_kb".to_owned(),
@@ -381,6 +400,38 @@ pub fn peak_rss_kb(pid: &str) -> Result<u64, BenchError> {
         .ok_or_else(|| BenchError::Process(format!("/proc/{pid}/status has no VmHWM line")))
 }
 
+/// Linux reports process times in these ticks per second (`USER_HZ`, 100 on every
+/// mainstream architecture).
+const USER_HZ: u64 = 100;
+
+/// The CPU time (user + system, every thread, 10 ms resolution) process `pid`
+/// (`"self"` for this one) has used so far.
+///
+/// ```
+/// let before = example_bench::harness::cpu_time("self")?;
+/// let spin = std::time::Instant::now();
+/// while spin.elapsed() < std::time::Duration::from_millis(50) {}
+/// assert!(example_bench::harness::cpu_time("self")? > before);
+/// # Ok::<(), example_bench::BenchError>(())
+/// ```
+///
+/// # Errors
+///
+/// When `/proc/<pid>/stat` cannot be read or parsed (not Linux).
+pub fn cpu_time(pid: &str) -> Result<Duration, BenchError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count fields after its `)`.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => Ok(Duration::from_millis((user + system) * 1000 / USER_HZ)),
+        _ => Err(BenchError::Process(format!("/proc/{pid}/stat has no utime and stime"))),
+    }
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -486,12 +537,20 @@ async fn one_run(
     metrics.insert("startup_ms".to_owned(), started.elapsed().as_secs_f64() * 1000.0);
     let mut client_rss: f64 = 0.0;
     for scenario in &options.scenarios {
+        let name = scenario.name();
+        let server_cpu = cpu_time(&pid)?;
         let report = client(options, implementation, scenario).await?;
+        let server_cpu = cpu_time(&pid)?.saturating_sub(server_cpu);
+        metrics.insert(
+            format!("{name}.server_cpu_us"),
+            server_cpu.as_secs_f64() * 1e6 / scenario.ops() as f64,
+        );
         for (key, _) in report.pairs() {
             if matches!(key, "rps" | "p50_us" | "p99_us" | "dispatch_rps" | "consume_rps") {
-                metrics.insert(format!("{}.{key}", scenario.name()), report.number(key)?);
+                metrics.insert(format!("{name}.{key}"), report.number(key)?);
             }
         }
+        metrics.insert(format!("{name}.client_cpu_us"), report.number("cpu_us_per_op")?);
         client_rss = client_rss.max(report.number("client_rss_kb")?);
     }
     metrics.insert("client_rss_kb".to_owned(), client_rss);

@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{BenchError, PingStats, epoch_seconds};
+use crate::{BenchError, PingStats, epoch_seconds, harness::cpu_time};
 
 /// How long the `events` scenario waits for the service to handle every event.
 pub const EVENTS_DEADLINE: Duration = Duration::from_secs(120);
@@ -103,6 +103,19 @@ impl Scenario {
             Self::Events { events, inflight } => args.extend([events.to_string(), inflight.to_string()]),
         }
         args
+    }
+
+    /// How many calls or events it measures.
+    ///
+    /// ```
+    /// use example_bench::load::Scenario;
+    /// assert_eq!(Scenario::Events { events: 7, inflight: 2 }.ops(), 7);
+    /// ```
+    pub fn ops(&self) -> usize {
+        match *self {
+            Self::Seq { calls, .. } | Self::Conc { calls, .. } | Self::Sleep { calls, .. } => calls,
+            Self::Events { events, .. } => events,
+        }
     }
 
     /// Checks the numbers: at least one call or event, at least one in flight.
@@ -251,8 +264,9 @@ impl Latencies {
 }
 
 /// Runs `scenario` with `caller` and reports `scenario=`, its parameters, then `rps=`,
-/// `p50_us=`, `p99_us=` (calls) or `dispatch_rps=`, `consume_rps=` (events). Every
-/// reply is checked against what was sent.
+/// `p50_us=`, `p99_us=` (calls) or `dispatch_rps=`, `consume_rps=` (events), and
+/// `cpu_us_per_op=` (this process's CPU time over the measured part, per call or
+/// event). Every reply is checked against what was sent.
 ///
 /// # Errors
 ///
@@ -269,6 +283,7 @@ pub async fn run<C: Caller>(caller: &C, scenario: Scenario) -> Result<Report, Be
             let payload = json!(["x".repeat(bytes)]);
             warm_up(caller, calls).await?;
             let mut samples = Vec::with_capacity(calls);
+            let cpu = cpu_time("self")?;
             let started = Instant::now();
             for _ in 0..calls {
                 let sent = Instant::now();
@@ -277,28 +292,35 @@ pub async fn run<C: Caller>(caller: &C, scenario: Scenario) -> Result<Report, Be
                 expect(&reply, &payload[0])?;
             }
             calls_report(&mut report, calls, started.elapsed(), &Latencies::new(samples));
+            cpu_report(&mut report, calls, cpu)?;
         }
         Scenario::Conc { calls, inflight } => {
             report.push("calls", calls);
             report.push("inflight", inflight);
             warm_up(caller, calls).await?;
+            let cpu = cpu_time("self")?;
             let (took, latencies) = concurrently(caller, calls, inflight, "echo", |i| json!([i])).await?;
             calls_report(&mut report, calls, took, &latencies);
+            cpu_report(&mut report, calls, cpu)?;
         }
         Scenario::Sleep { calls, inflight, ms } => {
             report.push("calls", calls);
             report.push("inflight", inflight);
             report.push("ms", ms);
             warm_up(caller, calls).await?;
+            let cpu = cpu_time("self")?;
             let (took, latencies) = concurrently(caller, calls, inflight, "sleep", move |_| json!([ms])).await?;
             calls_report(&mut report, calls, took, &latencies);
+            cpu_report(&mut report, calls, cpu)?;
         }
         Scenario::Events { events, inflight } => {
             report.push("events", events);
             report.push("inflight", inflight);
+            let cpu = cpu_time("self")?;
             let (dispatch_rps, consume_rps) = events_scenario(caller, events, inflight).await?;
             report.push("dispatch_rps", format!("{dispatch_rps:.1}"));
             report.push("consume_rps", format!("{consume_rps:.1}"));
+            cpu_report(&mut report, events, cpu)?;
         }
     }
     Ok(report)
@@ -308,6 +330,13 @@ fn calls_report(report: &mut Report, calls: usize, took: Duration, latencies: &L
     report.push("rps", format!("{:.1}", calls as f64 / took.as_secs_f64()));
     report.push("p50_us", latencies.percentile(50.0).as_micros());
     report.push("p99_us", latencies.percentile(99.0).as_micros());
+}
+
+/// `cpu_us_per_op=`: this process's CPU time since `before`, per call or event.
+fn cpu_report(report: &mut Report, ops: usize, before: Duration) -> Result<(), BenchError> {
+    let used = cpu_time("self")?.saturating_sub(before);
+    report.push("cpu_us_per_op", format!("{:.1}", used.as_secs_f64() * 1e6 / ops as f64));
+    Ok(())
 }
 
 /// A few unmeasured calls first: connections, channels and caches warm.
@@ -456,7 +485,10 @@ mod tests {
     async fn every_scenario_reports_its_keys() {
         let local = Local::default();
         let cases = [
-            (Scenario::Seq { calls: 20, bytes: 8 }, &["rps", "p50_us", "p99_us"][..]),
+            (
+                Scenario::Seq { calls: 20, bytes: 8 },
+                &["rps", "p50_us", "p99_us", "cpu_us_per_op"][..],
+            ),
             (Scenario::Conc { calls: 50, inflight: 8 }, &["rps", "p50_us", "p99_us"]),
             (
                 Scenario::Sleep {

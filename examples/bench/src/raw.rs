@@ -9,8 +9,8 @@
 //!   the request is acked only after the reply's confirm (nacked with requeue if the
 //!   broker refuses it); an event is acked after it was counted.
 //! - [`RawClient`] declares a reply queue `rpc.reply-standalone_rpc_proxy-<uuid>`
-//!   (durable, `x-expires` 300 s) bound with the uuid, consumes it (acking every
-//!   reply), publishes requests `mandatory` with confirms (a return is an unknown
+//!   (durable, `x-expires` 300 s) bound with the uuid, consumes it (handing each reply
+//!   to its caller, then acking it), publishes requests `mandatory` with confirms (a return is an unknown
 //!   service), and correlates replies by `correlation_id`. Events are published with
 //!   confirms.
 
@@ -469,12 +469,17 @@ impl RawClient {
                     .correlation_id()
                     .as_ref()
                     .and_then(|id| waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(id.as_str()));
-                if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::debug!(%err, "could not ack a reply");
-                }
+                let Delivery { data, acker, .. } = delivery;
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(delivery.data);
+                    let _ = waiter.send(data);
                 }
+                // Acked in a task of its own: the next reply need not wait for this
+                // ack to be written.
+                tokio::spawn(async move {
+                    if let Err(err) = acker.ack(BasicAckOptions::default()).await {
+                        tracing::debug!(%err, "could not ack a reply");
+                    }
+                });
             }
         });
         Ok(Self {
