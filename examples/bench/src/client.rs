@@ -1,0 +1,82 @@
+//! The nameko-rs load client: a standalone [`ClusterRpc`] and a standalone
+//! [`EventDispatcher`] claiming to be `loadgen`, over one [`AmqpBroker`].
+
+use std::sync::Arc;
+
+use nameko::{
+    amqp::{AmqpBroker, AmqpOptions, AmqpUri},
+    broker::{Broker, SharedBroker},
+    events::EventDispatcher,
+    prelude::Config,
+    rpc::{ClusterRpc, RpcError},
+};
+use serde_json::Value;
+
+use crate::{BenchError, EVENT_SOURCE, SERVICE, load::Caller};
+
+/// Calls `bench` and dispatches `loadgen` events through nameko-rs's own clients.
+#[derive(Clone, Debug)]
+pub struct NamekoClient {
+    broker: Arc<AmqpBroker>,
+    rpc: ClusterRpc,
+    dispatcher: EventDispatcher,
+}
+
+impl NamekoClient {
+    /// Connects to RabbitMQ at `uri` and starts a reply listener on `rpc_exchange`.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Broker`] when the URI is invalid, RabbitMQ cannot be reached, or
+    /// the reply queue cannot be declared.
+    pub async fn connect(uri: &str, rpc_exchange: &str) -> Result<Self, BenchError> {
+        let uri = AmqpUri::parse(uri).map_err(|err| BenchError::Broker(format!("invalid broker URI: {err}")))?;
+        let broker = Arc::new(
+            AmqpBroker::connect(&uri, AmqpOptions::new("example-bench client"))
+                .await
+                .map_err(|err| BenchError::Broker(err.to_string()))?,
+        );
+        let config = Config::loader()
+            .define(format!("rpc_exchange={rpc_exchange}"))
+            .load()
+            .map_err(|err| BenchError::Broker(format!("bad rpc exchange `{rpc_exchange}`: {err}")))?;
+        let shared: SharedBroker = broker.clone();
+        let rpc = ClusterRpc::connect(Arc::clone(&shared), &config)
+            .await
+            .map_err(|err| BenchError::Broker(err.to_string()))?;
+        let dispatcher = EventDispatcher::standalone(shared, EVENT_SOURCE, &config);
+        Ok(Self {
+            broker,
+            rpc,
+            dispatcher,
+        })
+    }
+
+    /// Stops the reply listener, deletes its reply queue and closes the connection.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Broker`] when the reply queue cannot be deleted.
+    pub async fn close(self) -> Result<(), BenchError> {
+        self.rpc.client().stop().await;
+        let deleted = self.broker.delete_queue(self.rpc.client().reply_queue()).await;
+        self.broker.close().await;
+        deleted.map_err(|err| BenchError::Broker(format!("could not delete the reply queue: {err}")))
+    }
+}
+
+impl Caller for NamekoClient {
+    async fn call(&self, method: &'static str, args: Value) -> Result<Value, BenchError> {
+        self.rpc.call(SERVICE, method, args).await.map_err(|err| match err {
+            RpcError::UnknownService(service) => BenchError::UnknownService(service),
+            other => BenchError::Call(format!("{SERVICE}.{method}: {other}")),
+        })
+    }
+
+    async fn ping(&self, payload: Value) -> Result<(), BenchError> {
+        self.dispatcher
+            .dispatch(crate::EVENT_TYPE, &payload)
+            .await
+            .map_err(|err| BenchError::Call(err.to_string()))
+    }
+}
