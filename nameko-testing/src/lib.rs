@@ -37,4 +37,4 @@ pub use self::harness::{EntrypointWaiter, ServiceHarness, ServiceHarnessBuilder,
 #[cfg(feature = "python")]
 pub use self::python::{CONFIG_VAR, PYTHON_VAR, PythonNameko, PythonScript, PythonService, PythonServiceBuilder};
 #[cfg(feature = "rabbitmq")]
-pub use self::rabbitmq::{AMQP_URI_VAR, FixtureError, QueueCounts, RabbitMq};
+pub use self::rabbitmq::{AMQP_URI_VAR, FixtureError, QueueCounts, RabbitMq, test_amqp_uri};

@@ -125,6 +125,34 @@ pub(crate) fn skip<T>(what: &str, reason: &str) -> Option<T> {
     None
 }
 
+/// The RabbitMQ URI tests use, `NAMEKO_TEST_AMQP_URI`, when RabbitMQ answers there;
+/// otherwise prints why and gives `None` — or panics under `CI=true`, where a missing
+/// broker is a failure. For tests that connect by themselves (a binary given
+/// `--broker`, say); [`RabbitMq::from_env`] also cleans up.
+///
+/// ```no_run
+/// # async fn test() {
+/// let Some(uri) = nameko_testing::test_amqp_uri().await else {
+///     return; // skipped, the reason printed
+/// };
+/// println!("testing against {uri}"); // the password is masked
+/// # }
+/// ```
+pub async fn test_amqp_uri() -> Option<AmqpUri> {
+    const WHAT: &str = "RabbitMQ";
+    let Ok(text) = std::env::var(AMQP_URI_VAR) else {
+        return skip(WHAT, &format!("{AMQP_URI_VAR} is not set"));
+    };
+    let uri = match AmqpUri::parse(&text) {
+        Ok(uri) => uri,
+        Err(error) => return skip(WHAT, &format!("{AMQP_URI_VAR} is invalid: {error}")),
+    };
+    if let Err(error) = tokio::net::TcpStream::connect((uri.host(), uri.port())).await {
+        return skip(WHAT, &format!("RabbitMQ at {uri} is unreachable: {error}"));
+    }
+    Some(uri)
+}
+
 /// What a test declared and must delete: exact names, name prefixes, and every name
 /// containing the fixture's token.
 #[derive(Debug, Default)]
@@ -226,17 +254,10 @@ impl RabbitMq {
     ///
     /// Instead of returning `None`, when `CI=true`: CI must run every RabbitMQ test.
     pub async fn from_env() -> Option<Self> {
-        const WHAT: &str = "RabbitMQ";
-        let Ok(text) = std::env::var(AMQP_URI_VAR) else {
-            return skip(WHAT, &format!("{AMQP_URI_VAR} is not set"));
-        };
-        let uri = match AmqpUri::parse(&text) {
-            Ok(uri) => uri,
-            Err(error) => return skip(WHAT, &format!("{AMQP_URI_VAR} is invalid: {error}")),
-        };
+        let uri = test_amqp_uri().await?;
         match Self::connect(uri).await {
             Ok(rabbit) => Some(rabbit),
-            Err(error) => skip(WHAT, &error.to_string()),
+            Err(error) => skip("RabbitMQ", &error.to_string()),
         }
     }
 

@@ -49,28 +49,10 @@ async fn the_service_answers_and_counts_pings() {
     bench.stop().await;
 }
 
-/// `NAMEKO_TEST_AMQP_URI`, or `None` (with the reason printed) when RabbitMQ is not
-/// there.
+/// `NAMEKO_TEST_AMQP_URI` (password included, for the processes started), or `None`
+/// (with the reason printed) when RabbitMQ is not there.
 async fn rabbitmq() -> Option<String> {
-    let skip = |reason: String| {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the bench's RabbitMQ tests cannot run under CI=true: {reason}"
-        );
-        eprintln!("skipping a RabbitMQ test: {reason}");
-        None
-    };
-    let Ok(text) = std::env::var("NAMEKO_TEST_AMQP_URI") else {
-        return skip("NAMEKO_TEST_AMQP_URI is not set".to_owned());
-    };
-    let uri = match AmqpUri::parse(&text) {
-        Ok(uri) => uri,
-        Err(error) => return skip(format!("NAMEKO_TEST_AMQP_URI is invalid: {error}")),
-    };
-    if let Err(error) = tokio::net::TcpStream::connect((uri.host(), uri.port())).await {
-        return skip(format!("RabbitMQ at {uri} is unreachable: {error}"));
-    }
-    Some(text)
+    nameko_testing::test_amqp_uri().await.map(|uri| uri.to_url())
 }
 
 fn unique_exchange() -> String {

@@ -425,29 +425,6 @@ mod through_rabbitmq {
         }
     }
 
-    /// `NAMEKO_TEST_AMQP_URI`, or `None` with the reason printed (a failure under CI).
-    async fn rabbitmq() -> Option<AmqpUri> {
-        let skip = |reason: String| {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "the RabbitMQ golden test cannot run under CI=true: {reason}"
-            );
-            eprintln!("skipping the RabbitMQ golden test: {reason}");
-            None
-        };
-        let Ok(text) = std::env::var("NAMEKO_TEST_AMQP_URI") else {
-            return skip("NAMEKO_TEST_AMQP_URI is not set".to_owned());
-        };
-        let uri = match AmqpUri::parse(&text) {
-            Ok(uri) => uri,
-            Err(error) => return skip(format!("NAMEKO_TEST_AMQP_URI is invalid: {error}")),
-        };
-        if let Err(error) = tokio::net::TcpStream::connect((uri.host(), uri.port())).await {
-            return skip(format!("RabbitMQ at {uri} is unreachable: {error}"));
-        }
-        Some(uri)
-    }
-
     /// A server-named, exclusive queue bound with `#` to `exchange`: it goes with the
     /// channel's connection.
     async fn tap(channel: &Channel, exchange: &str) -> String {
@@ -608,7 +585,9 @@ mod through_rabbitmq {
 
     #[tokio::test]
     async fn rabbitmq_delivers_what_nameko_delivers() {
-        let Some(uri) = rabbitmq().await else { return };
+        let Some(uri) = crate::support::rabbitmq().await else {
+            return;
+        };
         tokio::time::timeout(Duration::from_secs(60), compare(uri))
             .await
             .expect("the golden exchange finishes within a minute");

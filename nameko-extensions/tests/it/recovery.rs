@@ -136,7 +136,7 @@ mod rabbitmq {
     use std::sync::Arc;
 
     use nameko_extensions::{
-        amqp::{AmqpBroker, AmqpOptions, AmqpUri},
+        amqp::{AmqpBroker, AmqpOptions},
         broker::SharedBroker,
     };
 
@@ -144,33 +144,9 @@ mod rabbitmq {
 
     use crate::proxy::Proxy;
 
-    /// `NAMEKO_TEST_AMQP_URI` when RabbitMQ is there; otherwise prints why and gives
-    /// `None`, or panics under `CI=true`.
-    pub(crate) async fn rabbitmq() -> Option<AmqpUri> {
-        let skip = |reason: String| {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "RabbitMQ tests cannot run under CI=true: {reason}"
-            );
-            eprintln!("skipping a RabbitMQ test: {reason}");
-            None
-        };
-        let Ok(text) = std::env::var("NAMEKO_TEST_AMQP_URI") else {
-            return skip("NAMEKO_TEST_AMQP_URI is not set".to_owned());
-        };
-        let uri = match AmqpUri::parse(&text) {
-            Ok(uri) => uri,
-            Err(error) => return skip(format!("NAMEKO_TEST_AMQP_URI is invalid: {error}")),
-        };
-        if let Err(error) = tokio::net::TcpStream::connect(format!("{}:{}", uri.host(), uri.port())).await {
-            return skip(format!("RabbitMQ at {uri} is unreachable: {error}"));
-        }
-        Some(uri)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rabbitmq_readiness_and_calls_follow_the_connection() {
-        let Some(uri) = rabbitmq().await else {
+        let Some(uri) = crate::support::rabbitmq().await else {
             return;
         };
         let proxy = Arc::new(Proxy::start(format!("{}:{}", uri.host(), uri.port())).await);
@@ -195,7 +171,7 @@ mod rabbitmq {
     /// ready and answer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rabbitmq_a_runner_waits_for_rabbitmq_then_serves() {
-        let Some(uri) = rabbitmq().await else {
+        let Some(uri) = crate::support::rabbitmq().await else {
             return;
         };
         let proxy = Proxy::start_down(format!("{}:{}", uri.host(), uri.port())).await;

@@ -83,3 +83,31 @@ pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// Prints why a test skips and gives `None`, or panics under `CI=true`, where a missing
+/// service is a failure. `what` names what the test needs ("RabbitMQ").
+#[cfg(feature = "amqp")]
+pub(crate) fn skip<T>(what: &str, reason: &str) -> Option<T> {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "a test that needs {what} cannot run under CI=true: {reason}"
+    );
+    eprintln!("skipping a test that needs {what}: {reason}");
+    None
+}
+
+/// `NAMEKO_TEST_AMQP_URI` when RabbitMQ answers there; otherwise [`skip`].
+#[cfg(feature = "amqp")]
+pub(crate) async fn rabbitmq() -> Option<nameko_extensions::amqp::AmqpUri> {
+    let Ok(text) = std::env::var("NAMEKO_TEST_AMQP_URI") else {
+        return skip("RabbitMQ", "NAMEKO_TEST_AMQP_URI is not set");
+    };
+    let uri = match nameko_extensions::amqp::AmqpUri::parse(&text) {
+        Ok(uri) => uri,
+        Err(error) => return skip("RabbitMQ", &format!("NAMEKO_TEST_AMQP_URI is invalid: {error}")),
+    };
+    if let Err(error) = tokio::net::TcpStream::connect((uri.host(), uri.port())).await {
+        return skip("RabbitMQ", &format!("RabbitMQ at {uri} is unreachable: {error}"));
+    }
+    Some(uri)
+}

@@ -27,14 +27,7 @@ struct TlsEnv {
 
 impl TlsEnv {
     async fn new() -> Option<Self> {
-        let skip = |reason: String| {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "TLS tests cannot run under CI=true: {reason}"
-            );
-            eprintln!("skipping a TLS test: {reason}");
-            None
-        };
+        let skip = |reason: String| crate::support::skip("the TLS listener", &reason);
         let (Ok(text), Ok(dir)) = (
             std::env::var("NAMEKO_TEST_AMQPS_URI"),
             std::env::var("NAMEKO_TEST_TLS_DIR"),

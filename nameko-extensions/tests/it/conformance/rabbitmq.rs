@@ -39,25 +39,7 @@ struct RabbitHarness {
 impl RabbitHarness {
     /// The harness, or `None` (with the reason printed) when RabbitMQ is not there.
     async fn new() -> Option<Self> {
-        let skip = |reason: String| {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "RabbitMQ conformance tests cannot run under CI=true: {reason}"
-            );
-            eprintln!("skipping a RabbitMQ conformance test: {reason}");
-            None
-        };
-        let Ok(text) = std::env::var("NAMEKO_TEST_AMQP_URI") else {
-            return skip("NAMEKO_TEST_AMQP_URI is not set".to_owned());
-        };
-        let uri = match AmqpUri::parse(&text) {
-            Ok(uri) => uri,
-            Err(error) => return skip(format!("NAMEKO_TEST_AMQP_URI is invalid: {error}")),
-        };
-        let address = format!("{}:{}", uri.host(), uri.port());
-        if let Err(error) = tokio::net::TcpStream::connect(&address).await {
-            return skip(format!("RabbitMQ at {uri} is unreachable: {error}"));
-        }
+        let uri = crate::support::rabbitmq().await?;
         Some(Self {
             uri,
             run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
