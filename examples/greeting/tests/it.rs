@@ -74,14 +74,7 @@ fn the_binary_stops_cleanly_on_sigterm() {
     }
     assert!(log.iter().any(|l| l.contains("started service `greeting`")), "{log:#?}");
     assert!(log.iter().any(|l| l.contains("started service `listen`")), "{log:#?}");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    log.extend(lines.map(Result::unwrap));
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit {status:?}; log: {log:#?}");
+    terminate(&mut child, lines, &mut log);
     assert!(log.iter().any(|l| l.contains("every service stopped")), "{log:#?}");
 }
 
@@ -104,14 +97,7 @@ fn the_default_transport_never_falls_back_to_memory() {
         }
     }
     assert_eq!(attempts, 2, "{log:#?}");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    log.extend(lines.map(Result::unwrap));
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit {status:?}; log: {log:#?}");
+    terminate(&mut child, lines, &mut log);
     let log = log.join("\n");
     assert!(log.contains("never falling back to memory"), "{log}");
     assert!(log.contains("readiness: not ready"), "{log}");
@@ -219,4 +205,20 @@ impl Drop for KillOnDrop {
             let _ = self.0.wait();
         }
     }
+}
+
+/// Sends SIGTERM to `child`, collects the rest of its log and expects a clean exit.
+fn terminate(
+    child: &mut std::process::Child,
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    log: &mut Vec<String>,
+) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    log.extend(lines.map(Result::unwrap));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}; log: {log:#?}");
 }

@@ -162,14 +162,13 @@ async fn python_events_reach_rust_handlers_of_each_type() {
         } else {
             assert_eq!(entry["user_id"], "u-ev", "{entry}");
             assert_eq!(entry["trace_id"], "py-ev-trace", "{entry}");
-            assert_eq!(stack.len(), 3, "{entry}");
-            assert!(
-                stack[0].as_str().unwrap().starts_with("standalone_rpc_proxy.call."),
-                "{entry}"
-            );
-            assert!(
-                stack[1].as_str().unwrap().starts_with("interop_py_source.emit."),
-                "{entry}"
+            super::assert_stack(
+                &entry["call_id_stack"],
+                &[
+                    "standalone_rpc_proxy.call.",
+                    "interop_py_source.emit.",
+                    "interop_evt_rust.",
+                ],
             );
         }
     }

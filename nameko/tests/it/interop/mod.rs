@@ -133,4 +133,23 @@ pub(crate) async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut
 }
 
 /// A shared list of what Rust handlers saw.
+/// Asserts that a `call_id_stack` (a JSON array) has one call id per prefix, each
+/// starting with its prefix (`"<service>.<method>."`).
+#[track_caller]
+pub(crate) fn assert_stack(stack: &Value, prefixes: &[&str]) {
+    let ids: Vec<&str> = stack
+        .as_array()
+        .unwrap_or_else(|| panic!("call_id_stack is not an array: {stack}"))
+        .iter()
+        .map(|id| {
+            id.as_str()
+                .unwrap_or_else(|| panic!("a call id is not a string: {stack}"))
+        })
+        .collect();
+    assert_eq!(ids.len(), prefixes.len(), "{ids:?}");
+    for (id, prefix) in ids.iter().zip(prefixes) {
+        assert!(id.starts_with(prefix), "{id} should start with {prefix}: {ids:?}");
+    }
+}
+
 pub(crate) type Seen = Arc<std::sync::Mutex<Vec<Value>>>;

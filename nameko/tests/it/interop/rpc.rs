@@ -125,15 +125,9 @@ async fn python_calls_a_rust_service() {
     assert_eq!(seen["language"], "fr-FR");
     assert_eq!(seen["tenant"], "acme");
     assert_eq!(seen["trace_id"], "py-trace-1");
-    let stack = seen["call_id_stack"].as_array().unwrap();
-    assert_eq!(stack.len(), 2, "{stack:?}");
-    assert!(
-        stack[0].as_str().unwrap().starts_with("standalone_rpc_proxy.call."),
-        "{stack:?}"
-    );
-    assert!(
-        stack[1].as_str().unwrap().starts_with("interop_ledger.context."),
-        "{stack:?}"
+    super::assert_stack(
+        &seen["call_id_stack"],
+        &["standalone_rpc_proxy.call.", "interop_ledger.context."],
     );
 
     t.finish(vec![], None).await;
@@ -224,15 +218,9 @@ async fn rust_calls_a_python_service() {
         seen["data"],
         json!({"user_id": 7, "language": "en-GB", "tenant": "acme", "trace_id": "rs-trace-1"})
     );
-    let stack = seen["call_id_stack"].as_array().unwrap();
-    assert_eq!(stack.len(), 2, "{stack:?}");
-    assert!(
-        stack[0].as_str().unwrap().starts_with("standalone_rpc_proxy.call."),
-        "{stack:?}"
-    );
-    assert!(
-        stack[1].as_str().unwrap().starts_with("interop_py_calc.context."),
-        "{stack:?}"
+    super::assert_stack(
+        &seen["call_id_stack"],
+        &["standalone_rpc_proxy.call.", "interop_py_calc.context."],
     );
 
     t.finish(vec![calc], Some(rpc)).await;
