@@ -265,7 +265,7 @@ impl WorkerContext {
             }
             None => Vec::new(),
         };
-        let call_id = format!("{service_name}.{}.{}", entrypoint.method(), uuid::Uuid::new_v4());
+        let call_id = format!("{service_name}.{}.{}", entrypoint.method(), crate::ids::uuid4());
         let tracked = config.parent_calls_tracked();
         let kept = &parents[parents.len().saturating_sub(tracked)..];
         let mut call_id_stack = Vec::with_capacity(kept.len() + 1);
@@ -275,7 +275,7 @@ impl WorkerContext {
             if let Some(bad) = data.get(TRACE_ID_KEY) {
                 tracing::debug!(trace_id = %bad, "replacing an invalid incoming trace id");
             }
-            data.insert(TRACE_ID_KEY, uuid::Uuid::new_v4().simple().to_string());
+            data.insert(TRACE_ID_KEY, crate::ids::uuid4().simple().to_string());
         }
         Self {
             inner: Arc::new(Inner {

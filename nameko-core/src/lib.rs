@@ -30,6 +30,7 @@ mod entrypoint;
 pub mod entrypoints;
 mod error;
 mod extension;
+pub mod ids;
 mod readiness;
 #[cfg(feature = "registry")]
 pub mod registry;

@@ -45,7 +45,10 @@ pub fn headers_from_context(data: &ContextData) -> Headers {
 
 /// The context data of a message published outside any worker: a fresh trace.
 pub fn edge_context() -> ContextData {
-    ContextData::new().with(TRACE_ID_KEY, Value::String(uuid::Uuid::new_v4().simple().to_string()))
+    ContextData::new().with(
+        TRACE_ID_KEY,
+        Value::String(nameko_core::ids::uuid4().simple().to_string()),
+    )
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ impl RpcClient {
         name: &str,
         default_timeout: Option<Duration>,
     ) -> Result<Self, crate::broker::BrokerError> {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = nameko_core::ids::uuid4().to_string();
         let queue = format!("rpc.reply-{name}-{id}");
         let topology = Topology::new()
             .exchange(Exchange::topic(exchange))
@@ -247,7 +247,7 @@ impl RpcClient {
             }
         }
         let timeout = timeout.or(self.inner.default_timeout);
-        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let correlation_id = nameko_core::ids::uuid4().to_string();
         let mut properties = Properties::json(headers_from_context(data));
         properties.correlation_id = Some(correlation_id.clone());
         properties.reply_to = Some(self.inner.reply_to.clone());

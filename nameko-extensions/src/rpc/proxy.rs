@@ -137,9 +137,9 @@ impl ClusterRpc {
                 // (Nameko's standalone proxy sends `standalone_rpc_proxy.call.<uuid>`).
                 let mut data = self.data.clone();
                 if data.trace_id().is_none() {
-                    data.insert(TRACE_ID_KEY, uuid::Uuid::new_v4().simple().to_string());
+                    data.insert(TRACE_ID_KEY, nameko_core::ids::uuid4().simple().to_string());
                 }
-                let call_id = format!("standalone_rpc_proxy.call.{}", uuid::Uuid::new_v4());
+                let call_id = format!("standalone_rpc_proxy.call.{}", nameko_core::ids::uuid4());
                 data.insert(CALL_ID_STACK_KEY, vec![call_id]);
                 data
             }
