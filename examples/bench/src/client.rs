@@ -1,11 +1,11 @@
 //! The nameko-rs load client: a standalone [`ClusterRpc`] and a standalone
 //! [`EventDispatcher`] claiming to be `loadgen`, over one [`AmqpBroker`].
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use nameko::{
     amqp::{AmqpBroker, AmqpOptions, AmqpUri},
-    broker::{Broker, SharedBroker},
+    broker::{Broker, BrokerError, SharedBroker},
     events::EventDispatcher,
     prelude::Config,
     rpc::{ClusterRpc, RpcError},
@@ -59,7 +59,18 @@ impl NamekoClient {
     /// [`BenchError::Broker`] when the reply queue cannot be deleted.
     pub async fn close(self) -> Result<(), BenchError> {
         self.rpc.client().stop().await;
-        let deleted = self.broker.delete_queue(self.rpc.client().reply_queue()).await;
+        let queue = self.rpc.client().reply_queue();
+        let mut deleted = self.broker.delete_queue(queue).await;
+        // lapin turns some errors of its own channel bookkeeping (a race as a consumer
+        // channel closes) into a reconnection: give the connection a few seconds to come
+        // back before giving up on the delete.
+        for _ in 0..50 {
+            if !matches!(deleted, Err(BrokerError::ConnectionLost(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            deleted = self.broker.delete_queue(queue).await;
+        }
         self.broker.close().await;
         deleted.map_err(|err| BenchError::Broker(format!("could not delete the reply queue: {err}")))
     }
