@@ -12,12 +12,11 @@ use std::{
 use mockall::predicate::eq;
 use nameko::{
     broker::Broker,
-    context::edge_context,
     core::{Config, IntoHandlerError, RunningServices, ServiceRunner},
     events::{DispatchError, EventDispatcher},
     memory::MemoryBroker,
     prelude::{Dep, RemoteError},
-    rpc::{Rpc, RpcArgs, RpcClient, RpcError},
+    rpc::{ClusterRpc, Rpc, RpcError},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -174,21 +173,10 @@ async fn start(broker: &MemoryBroker) -> (RunningServices, Arc<Seen>) {
     (running, seen)
 }
 
-async fn client(broker: &MemoryBroker) -> RpcClient {
-    RpcClient::start(
-        broker.shared(),
-        "nameko-rpc",
-        "standalone_rpc_proxy",
-        Some(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap()
-}
-
-async fn call(client: &RpcClient, service: &str, method: &str, args: Value) -> Result<Value, RpcError> {
-    client
-        .call(service, method, RpcArgs::from(args), &edge_context(), None)
-        .await
+/// A standalone cluster client that waits at most 5 s for a reply.
+async fn client(broker: &MemoryBroker) -> ClusterRpc {
+    let config = Config::from_yaml_str("rpc_timeout: 5").unwrap();
+    ClusterRpc::connect(broker.shared(), &config).await.unwrap()
 }
 
 fn remote(result: Result<Value, RpcError>) -> RemoteError {
@@ -216,18 +204,19 @@ async fn rpc_arguments_bind_like_python() {
     let (running, seen) = start(&broker).await;
     let client = client(&broker).await;
 
-    assert_eq!(call(&client, "maths", "add", json!([1, 2])).await.unwrap(), json!(3));
+    assert_eq!(client.call("maths", "add", json!([1, 2])).await.unwrap(), json!(3));
     assert_eq!(
-        call(&client, "maths", "add", json!({"b": 5, "a": 2})).await.unwrap(),
+        client.call("maths", "add", json!({"b": 5, "a": 2})).await.unwrap(),
         json!(7)
     );
     assert_eq!(seen.of("add"), [json!([1, 2]), json!([2, 5])]);
 
     // An `Option` parameter may be omitted.
-    assert_eq!(call(&client, "maths", "scale", json!([3])).await.unwrap(), json!(3));
-    assert_eq!(call(&client, "maths", "scale", json!([3, 4])).await.unwrap(), json!(12));
+    assert_eq!(client.call("maths", "scale", json!([3])).await.unwrap(), json!(3));
+    assert_eq!(client.call("maths", "scale", json!([3, 4])).await.unwrap(), json!(12));
     assert_eq!(
-        call(&client, "maths", "scale", json!({"value": 3, "factor": null}))
+        client
+            .call("maths", "scale", json!({"value": 3, "factor": null}))
             .await
             .unwrap(),
         json!(3)
@@ -236,23 +225,24 @@ async fn rpc_arguments_bind_like_python() {
     // `#[rpc(name)]` renames the method, `#[arg(name)]` a parameter, and a leading `_`
     // is not part of the name.
     assert_eq!(
-        call(&client, "maths", "describe", json!({"type": "apple", "count": 2}))
+        client
+            .call("maths", "describe", json!({"type": "apple", "count": 2}))
             .await
             .unwrap(),
         json!("2 x apple")
     );
-    let err = remote(call(&client, "maths", "describe_thing", json!([])).await);
+    let err = remote(client.call("maths", "describe_thing", json!([])).await);
     assert_eq!(err.exc_type(), "MethodNotFound");
 
     // IncorrectSignature, worded as Python's TypeError, names the wire names.
-    let err = remote(call(&client, "maths", "add", json!([1])).await);
+    let err = remote(client.call("maths", "add", json!([1])).await);
     assert_eq!(err.exc_type(), "IncorrectSignature");
     assert_eq!(err.value(), "add() missing 1 required positional argument: 'b'");
-    let err = remote(call(&client, "maths", "describe", json!({"count": 1})).await);
+    let err = remote(client.call("maths", "describe", json!({"count": 1})).await);
     assert_eq!(err.value(), "describe() missing 1 required positional argument: 'type'");
-    let err = remote(call(&client, "maths", "add", json!([1, 2, 3])).await);
+    let err = remote(client.call("maths", "add", json!([1, 2, 3])).await);
     assert_eq!(err.value(), "add() takes 2 positional arguments but 3 were given");
-    let err = remote(call(&client, "maths", "add", json!({"a": 1, "b": "two"})).await);
+    let err = remote(client.call("maths", "add", json!({"a": 1, "b": "two"})).await);
     assert_eq!(err.exc_type(), "IncorrectSignature");
     assert!(
         err.value()
@@ -271,7 +261,7 @@ async fn typed_clients_events_and_stacked_entrypoints() {
 
     // greeting calls maths through `Rpc<dyn Maths>`, then dispatches `greeted`.
     assert_eq!(
-        call(&client, "greeting", "greet", json!([7])).await.unwrap(),
+        client.call("greeting", "greet", json!([7])).await.unwrap(),
         json!("Hi, Ada! (8)")
     );
     assert_eq!(seen.of("add"), [json!([7, 1])]);
@@ -283,13 +273,13 @@ async fn typed_clients_events_and_stacked_entrypoints() {
     .await;
     // ... and still an rpc method.
     assert_eq!(
-        call(&client, "maths", "record", json!({"payload": [1]})).await.unwrap(),
+        client.call("maths", "record", json!({"payload": [1]})).await.unwrap(),
         json!("recorded [1]")
     );
 
     // `_async`: published first, awaited later.
     assert_eq!(
-        call(&client, "greeting", "add_later", json!([20, 22])).await.unwrap(),
+        client.call("greeting", "add_later", json!([20, 22])).await.unwrap(),
         json!(42)
     );
     running.stop().await;
@@ -301,7 +291,7 @@ async fn a_derived_remote_error_reaches_the_caller() {
     let (running, _seen) = start(&broker).await;
     let client = client(&broker).await;
 
-    let err = remote(call(&client, "greeting", "greet", json!({"user_id": 99})).await);
+    let err = remote(client.call("greeting", "greet", json!({"user_id": 99})).await);
     assert_eq!(
         (err.exc_type(), err.exc_path(), err.value()),
         ("UserNotFound", "greeting.UserNotFound", "no user 99")
