@@ -113,21 +113,7 @@ impl Transport {
     /// [`TransportError::InvalidUri`] or [`TransportError::AmqpConnect`], naming the
     /// URI with its password masked.
     pub async fn resources(&self, services: &[String]) -> Result<Resources, TransportError> {
-        match self {
-            Self::Amqp { uri, heartbeat, tls } => {
-                let (parsed, options) = amqp_options(uri, *heartbeat, tls.as_ref(), services)?;
-                let broker =
-                    AmqpBroker::connect(&parsed, options)
-                        .await
-                        .map_err(|error| TransportError::AmqpConnect {
-                            uri: shown(&parsed, tls.as_ref()),
-                            error,
-                        })?;
-                let broker: Arc<dyn Broker> = Arc::new(broker);
-                Ok(Resources::new().with::<dyn Broker>(broker))
-            }
-            Self::Memory(broker) => Ok(Resources::new().with::<dyn Broker>(broker.shared())),
-        }
+        self.connect(services, None).await
     }
 
     /// As [`resources`](Self::resources), but for AMQP waits for RabbitMQ: each failed
@@ -145,20 +131,27 @@ impl Transport {
         services: &[String],
         readiness: &Readiness,
     ) -> Result<Resources, TransportError> {
-        match self {
+        self.connect(services, Some(readiness)).await
+    }
+
+    /// The resources: for AMQP, one attempt to connect (`waiting` is `None`) or a wait
+    /// for RabbitMQ reported to `waiting`.
+    async fn connect(&self, services: &[String], waiting: Option<&Readiness>) -> Result<Resources, TransportError> {
+        let broker: Arc<dyn Broker> = match self {
             Self::Amqp { uri, heartbeat, tls } => {
                 let (parsed, options) = amqp_options(uri, *heartbeat, tls.as_ref(), services)?;
-                let broker = AmqpBroker::connect_retrying(&parsed, options, Some(readiness))
-                    .await
-                    .map_err(|error| TransportError::AmqpConnect {
-                        uri: shown(&parsed, tls.as_ref()),
-                        error,
-                    })?;
-                let broker: Arc<dyn Broker> = Arc::new(broker);
-                Ok(Resources::new().with::<dyn Broker>(broker))
+                let connected = match waiting {
+                    Some(readiness) => AmqpBroker::connect_retrying(&parsed, options, Some(readiness)).await,
+                    None => AmqpBroker::connect(&parsed, options).await,
+                };
+                Arc::new(connected.map_err(|error| TransportError::AmqpConnect {
+                    uri: shown(&parsed, tls.as_ref()),
+                    error,
+                })?)
             }
-            Self::Memory(_) => self.resources(services).await,
-        }
+            Self::Memory(broker) => broker.shared(),
+        };
+        Ok(Resources::new().with::<dyn Broker>(broker))
     }
 }
 
