@@ -257,8 +257,15 @@ impl AmqpBroker {
     /// within 15 s; [`BrokerError::Other`] naming the `amqp-tls` feature when TLS is
     /// asked for in a build without it.
     pub async fn connect(uri: &AmqpUri, options: AmqpOptions) -> Result<Self, BrokerError> {
+        let (uri, secure) = tls::prepare(uri, options.tls.as_ref())?;
+        Self::open(&uri, secure, &options).await
+    }
+
+    /// One attempt to connect to `uri` (already `amqps://` when TLS is on), with TLS
+    /// prepared by [`tls::prepare`].
+    async fn open(uri: &AmqpUri, secure: Option<tls::Secure>, options: &AmqpOptions) -> Result<Self, BrokerError> {
         let properties = ConnectionProperties::default()
-            .with_connection_name(options.connection_name.into())
+            .with_connection_name(options.connection_name.clone().into())
             .enable_auto_recover()
             .with_backoff(
                 ExponentialBuilder::default()
@@ -266,8 +273,6 @@ impl AmqpBroker {
                     .with_max_delay(Duration::from_secs(5))
                     .with_max_times(10),
             );
-        let (uri, secure) = tls::prepare(uri, options.tls.as_ref())?;
-        let uri = &uri;
         // The socket is opened in plain TCP; TLS, when asked for, is added on top with
         // our own rustls configuration.
         let plain = OwnedTLSConfig::default();
@@ -379,7 +384,8 @@ impl AmqpBroker {
     ) -> Result<Self, BrokerError> {
         use backon::BackoffBuilder;
 
-        tls::prepare(uri, options.tls.as_ref())?;
+        // TLS is prepared once (its files read, its connector built), not per attempt.
+        let (effective, secure) = tls::prepare(uri, options.tls.as_ref())?;
         let part = readiness.map(|r| r.part("RabbitMQ connection", format!("connecting to {uri}")));
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(500))
@@ -389,7 +395,7 @@ impl AmqpBroker {
             .build();
         let mut attempt = 1_u64;
         let broker = loop {
-            match Self::connect(uri, options.clone()).await {
+            match Self::open(&effective, secure.clone(), &options).await {
                 Ok(broker) => break broker,
                 Err(error) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(15));
