@@ -8,7 +8,8 @@ use std::{
     task::{Context, Poll},
 };
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::{
     context::{ContextData, EntrypointInfo, Extensions},
@@ -65,14 +66,38 @@ pub trait Entrypoint: Extension {
     }
 }
 
+/// A worker slot held for one worker: the container's tracker token and the permits.
+pub(crate) struct Reserved {
+    pub(crate) token: TaskTrackerToken,
+    pub(crate) permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+}
+
+/// What a worker does with its result, in its own task, after `worker_teardown`.
+pub(crate) type Then<Resp> =
+    Box<dyn FnOnce(Result<Resp, WorkerError>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Where a worker's result goes.
+pub(crate) enum Deliver<Resp> {
+    /// To a [`WorkerHandle`].
+    Handle(oneshot::Sender<Result<Resp, WorkerError>>),
+    /// To a continuation run in the worker's task.
+    Then(Then<Resp>),
+}
+
 /// Starts workers of one method.
 pub(crate) trait Spawner<Req, Resp>: Send + Sync {
-    fn spawn(
+    /// Waits for a worker slot, unless the container stops or is killed first.
+    fn reserve(&self) -> Pin<Box<dyn Future<Output = Result<Reserved, SpawnError>> + Send + '_>>;
+
+    /// Starts a worker in a reserved slot; returns its call id.
+    fn start(
         &self,
+        reserved: Reserved,
         request: Req,
         data: ContextData,
         extensions: Extensions,
-    ) -> Pin<Box<dyn Future<Output = Result<WorkerHandle<Resp>, SpawnError>> + Send + '_>>;
+        deliver: Deliver<Resp>,
+    ) -> String;
 }
 
 /// An entrypoint's handle on its container: starts workers of the bound method.
@@ -116,7 +141,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Binding<Req, Resp> {
     ///
     /// Dropping the future before it completes starts no worker.
     pub async fn spawn(&self, request: Req, data: ContextData) -> Result<WorkerHandle<Resp>, SpawnError> {
-        self.spawner.spawn(request, data, Extensions::new()).await
+        Ok(self.reserve().await?.start(request, data))
     }
 
     /// Like [`spawn`](Self::spawn), attaching `extensions` the worker's providers can
@@ -131,7 +156,28 @@ impl<Req: Send + 'static, Resp: Send + 'static> Binding<Req, Resp> {
         data: ContextData,
         extensions: Extensions,
     ) -> Result<WorkerHandle<Resp>, SpawnError> {
-        self.spawner.spawn(request, data, extensions).await
+        Ok(self.reserve().await?.start_with(request, data, extensions))
+    }
+
+    /// Waits for a worker slot (the container's `max_workers`, and the entrypoint's
+    /// own limit) and holds it: start the worker with the [`WorkerSlot`]. This splits
+    /// [`spawn`](Self::spawn) in two, for entrypoints that want to settle their input
+    /// differently depending on whether a worker will run — or that hand the result
+    /// on from the worker's own task with [`WorkerSlot::start_then`].
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError`] when the container stops or is killed before a slot frees up.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes holds no slot.
+    pub async fn reserve(&self) -> Result<WorkerSlot<Req, Resp>, SpawnError> {
+        let reserved = self.spawner.reserve().await?;
+        Ok(WorkerSlot {
+            spawner: Arc::clone(&self.spawner),
+            reserved,
+        })
     }
 
     /// Starts a worker and waits for its result.
@@ -150,6 +196,65 @@ impl<Req, Resp> fmt::Debug for Binding<Req, Resp> {
             .field("service", &self.service)
             .field("info", &self.info)
             .finish()
+    }
+}
+
+/// A worker slot held for one worker, from [`Binding::reserve`]: start the worker with
+/// it. Dropping it frees the slot without starting anything.
+pub struct WorkerSlot<Req, Resp> {
+    spawner: Arc<dyn Spawner<Req, Resp>>,
+    reserved: Reserved,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> WorkerSlot<Req, Resp> {
+    /// Starts the worker for `request`, in a task the container owns.
+    pub fn start(self, request: Req, data: ContextData) -> WorkerHandle<Resp> {
+        self.start_with(request, data, Extensions::new())
+    }
+
+    /// Like [`start`](Self::start), attaching `extensions` the worker's providers can
+    /// read from [`WorkerContext::extensions`](crate::WorkerContext::extensions).
+    pub fn start_with(self, request: Req, data: ContextData, extensions: Extensions) -> WorkerHandle<Resp> {
+        let (tx, rx) = oneshot::channel();
+        let call_id = self
+            .spawner
+            .start(self.reserved, request, data, extensions, Deliver::Handle(tx));
+        WorkerHandle { call_id, rx }
+    }
+
+    /// Starts the worker and hands its result to `then` in the worker's own task,
+    /// right after `worker_teardown` and after its slot is freed: no hop back to the
+    /// caller. An entrypoint acknowledges its message or sends its reply there. The
+    /// container's graceful stop waits for `then` to finish; `kill` does not cancel it
+    /// (it receives [`WorkerError::Killed`]).
+    ///
+    /// ```
+    /// # use nameko_core::{Binding, ContextData, Extensions};
+    /// # async fn demo(binding: Binding<u32, u32>) -> Result<(), nameko_core::SpawnError> {
+    /// let slot = binding.reserve().await?;
+    /// slot.start_then(7, ContextData::new(), Extensions::new(), |result| async move {
+    ///     match result {
+    ///         Ok(value) => println!("the worker returned {value}"),
+    ///         Err(err) => eprintln!("the worker failed: {err}"),
+    ///     }
+    /// });
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_then<F, Fut>(self, request: Req, data: ContextData, extensions: Extensions, then: F)
+    where
+        F: FnOnce(Result<Resp, WorkerError>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let then: Then<Resp> = Box::new(move |result| Box::pin(then(result)));
+        self.spawner
+            .start(self.reserved, request, data, extensions, Deliver::Then(then));
+    }
+}
+
+impl<Req, Resp> fmt::Debug for WorkerSlot<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerSlot").finish_non_exhaustive()
     }
 }
 

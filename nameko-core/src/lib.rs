@@ -52,7 +52,7 @@ pub use self::{
         Dependencies, Dependency, DependencyProvider, Outcome, Provider, ProviderHandle, ProviderSlot, Providers,
         WorkerBuilder,
     },
-    entrypoint::{Binding, Entrypoint, Extension, WorkerHandle},
+    entrypoint::{Binding, Entrypoint, Extension, WorkerHandle, WorkerSlot},
     error::{
         BoxError, DependencyError, HandlerError, HandlerResult, IntoHandlerError, RemoteError, SetupError, SpawnError,
         WorkerError,

@@ -12,6 +12,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
+    task::Poll,
     time::Duration,
 };
 
@@ -20,7 +21,10 @@ use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     task::JoinHandle,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{TaskTracker, task_tracker::TaskTrackerToken},
+};
 
 use crate::broker::{
     AckOutcome, BrokerError, ConnectionEvent, ConsumeOptions, ConsumerControl, ConsumerEnd, Delivery, SharedBroker,
@@ -38,9 +42,21 @@ pub(crate) fn settle(result: Result<AckOutcome, BrokerError>, what: &str) {
 }
 
 /// Handles one delivery. `stopping` is cancelled when the consumer stops: a handler
-/// that has not started its work yet should requeue the message then.
+/// that has not started its work yet should requeue the message then. `settling`
+/// keeps the consumer's graceful stop waiting: the handler holds it until the
+/// delivery is settled — past the returned future if it settles elsewhere (in a
+/// worker's task, with [`WorkerSlot::start_then`](nameko_core::WorkerSlot::start_then)).
+///
+/// The consumer polls the returned future once in its own task, and gives it a task
+/// of its own only if it is not done then: a handler that starts a worker at once
+/// costs no task switch.
 pub(crate) trait DeliveryHandler: Send + Sync + 'static {
-    fn handle(&self, delivery: Delivery, stopping: CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    fn handle(
+        &self,
+        delivery: Delivery,
+        stopping: CancellationToken,
+        settling: TaskTrackerToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 /// Consumes one queue for as long as it runs.
@@ -132,8 +148,11 @@ impl QueueConsumer {
                 tokio::select! {
                     next = consumer.next() => match next {
                         Ok(delivery) => {
-                            let work = handler.handle(delivery, self.stopping.clone());
-                            self.tasks.spawn(work);
+                            let mut work = handler.handle(delivery, self.stopping.clone(), self.tasks.token());
+                            let polled = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+                            if polled.is_pending() {
+                                self.tasks.spawn(work);
+                            }
                         }
                         Err(end) => break end,
                     },

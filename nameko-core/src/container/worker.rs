@@ -4,7 +4,7 @@
 use std::{future::Future, marker::PhantomData, panic::AssertUnwindSafe, pin::Pin, sync::Arc};
 
 use futures_util::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -12,7 +12,7 @@ use crate::{
     config::Config,
     context::{ContextData, EntrypointInfo, Extensions, WorkerContext},
     dependency::{Outcome, Providers, WorkerBuilder},
-    entrypoint::{Spawner, WorkerHandle},
+    entrypoint::{Deliver, Reserved, Spawner},
     error::{IntoHandlerError, SpawnError, WorkerError},
     service::Service,
     util::panic_message,
@@ -160,12 +160,7 @@ where
     Fut: Future<Output = Result<Resp, Err>> + Send + 'static,
     Err: IntoHandlerError,
 {
-    fn spawn(
-        &self,
-        request: Req,
-        data: ContextData,
-        extensions: Extensions,
-    ) -> Pin<Box<dyn Future<Output = Result<WorkerHandle<Resp>, SpawnError>> + Send + '_>> {
+    fn reserve(&self) -> Pin<Box<dyn Future<Output = Result<Reserved, SpawnError>> + Send + '_>> {
         Box::pin(async move {
             let core = &self.core;
             // Holding a tracker token from here on keeps a concurrent `stop` waiting for
@@ -182,36 +177,57 @@ where
                 None => None,
             };
             let permit = core.acquire(&core.permits).await?;
-            let cx = WorkerContext::new(S::NAME, self.info.clone(), data, core.config.clone(), extensions);
-            let (tx, rx) = oneshot::channel();
-            let call_id = cx.call_id().to_owned();
-            let core = Arc::clone(core);
-            let handler = Arc::clone(&self.handler);
-            tokio::spawn(async move {
-                let span = tracing::info_span!(
-                    "worker",
-                    service = cx.service_name(),
-                    entrypoint = cx.entrypoint().method(),
-                    call_id = cx.call_id(),
-                    trace_id = cx.trace_id(),
-                );
-                let killed = core.killed.clone();
-                let lifecycle = run_lifecycle(&core, &*handler, &cx, request).instrument(span);
-                let result = tokio::select! {
-                    biased;
-                    () = killed.cancelled() => Err(WorkerError::Killed),
-                    result = lifecycle => result,
-                };
-                drop((permit, own));
-                if core.reports.receiver_count() > 0 {
-                    let _ = core.reports.send(WorkerReport::new(&cx, &result));
-                }
-                // The caller may have gone away; the worker ran to the end regardless.
-                let _ = tx.send(result);
-                drop(token);
-            });
-            Ok(WorkerHandle { call_id, rx })
+            Ok(Reserved {
+                token,
+                permits: (permit, own),
+            })
         })
+    }
+
+    fn start(
+        &self,
+        reserved: Reserved,
+        request: Req,
+        data: ContextData,
+        extensions: Extensions,
+        deliver: Deliver<Resp>,
+    ) -> String {
+        let core = Arc::clone(&self.core);
+        let cx = WorkerContext::new(S::NAME, self.info.clone(), data, core.config.clone(), extensions);
+        let call_id = match deliver {
+            Deliver::Handle(_) => cx.call_id().to_owned(),
+            Deliver::Then(_) => String::new(),
+        };
+        let handler = Arc::clone(&self.handler);
+        tokio::spawn(async move {
+            let Reserved { token, permits } = reserved;
+            // Display, not Debug: no escaping pass over every field of every worker.
+            let span = tracing::info_span!(
+                "worker",
+                service = %cx.service_name(),
+                entrypoint = %cx.entrypoint().method(),
+                call_id = %cx.call_id(),
+                trace_id = %cx.trace_id(),
+            );
+            let killed = core.killed.clone();
+            let lifecycle = run_lifecycle(&core, &*handler, &cx, request).instrument(span);
+            let result = tokio::select! {
+                biased;
+                () = killed.cancelled() => Err(WorkerError::Killed),
+                result = lifecycle => result,
+            };
+            drop(permits);
+            if core.reports.receiver_count() > 0 {
+                let _ = core.reports.send(WorkerReport::new(&cx, &result));
+            }
+            match deliver {
+                // The caller may have gone away; the worker ran to the end regardless.
+                Deliver::Handle(tx) => drop(tx.send(result)),
+                Deliver::Then(then) => then(result).await,
+            }
+            drop(token);
+        });
+        call_id
     }
 }
 

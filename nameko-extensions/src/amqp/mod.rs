@@ -55,7 +55,7 @@ use std::{
 use async_trait::async_trait;
 use backon::ExponentialBuilder;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
 use lapin::uri::AMQPScheme;
 use lapin::{
@@ -68,7 +68,7 @@ use lapin::{
     types::FieldTable,
 };
 use nameko_core::Readiness;
-use tokio::sync::{Mutex as AsyncMutex, broadcast, mpsc, oneshot};
+use tokio::sync::{Mutex as AsyncMutex, broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use self::convert::{from_properties, short, to_properties, to_table};
@@ -445,7 +445,7 @@ impl AmqpBroker {
 }
 
 /// Logs lapin's connection events; turns blocking into [`ConnectionEvent::Blocked`].
-async fn watch_events(inner: Weak<Inner>, listener: impl futures_util::Stream<Item = Event> + Send + 'static) {
+async fn watch_events(inner: Weak<Inner>, listener: impl Stream<Item = Event> + Send + 'static) {
     let mut listener = std::pin::pin!(listener);
     while let Some(event) = listener.next().await {
         let Some(inner) = inner.upgrade() else {
@@ -842,15 +842,14 @@ impl Broker for AmqpBroker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Arc::downgrade(&control));
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(forward(
+        let deliveries = Deliveries {
             consumer,
-            tx,
-            Arc::clone(&control),
-            Arc::downgrade(inner),
-            inner.dead.clone(),
-        ));
-        Ok(Consumer::new(tag, rx, control))
+            control: Arc::clone(&control),
+            inner: Arc::downgrade(inner),
+            dead: inner.dead.clone(),
+            ended: false,
+        };
+        Ok(Consumer::from_stream(tag, deliveries.into_stream(), control))
     }
 
     fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
@@ -872,76 +871,106 @@ const RUNNING: u8 = 0;
 const CANCELLED: u8 = 1;
 const CLOSING: u8 = 2;
 
-/// Forwards a lapin consumer's deliveries, then its end. While lapin recovers the
-/// connection the consumer stays: lapin replays it on its channel.
-async fn forward(
-    mut consumer: lapin::Consumer,
-    tx: mpsc::UnboundedSender<ConsumerEvent>,
+/// A lapin consumer's deliveries, then its end, polled straight from the task that
+/// consumes (no forwarding task). While lapin recovers the connection the consumer
+/// stays: lapin replays it on its channel.
+struct Deliveries {
+    consumer: lapin::Consumer,
     control: Arc<AmqpConsumerControl>,
     inner: Weak<Inner>,
     dead: CancellationToken,
-) {
-    let recovering = || control.channel.status().initializing() || inner.upgrade().is_some_and(|i| i.recovering());
-    let gone = || {
-        dead.is_cancelled()
-            || inner
+    ended: bool,
+}
+
+impl Deliveries {
+    fn into_stream(self) -> impl Stream<Item = ConsumerEvent> + Send + 'static {
+        futures_util::stream::unfold(self, |mut this| async move {
+            if this.ended {
+                return None;
+            }
+            let event = this.next_event().await;
+            Some((event, this))
+        })
+    }
+
+    fn recovering(&self) -> bool {
+        self.control.channel.status().initializing() || self.inner.upgrade().is_some_and(|i| i.recovering())
+    }
+
+    fn gone(&self) -> bool {
+        self.dead.is_cancelled()
+            || self
+                .inner
                 .upgrade()
                 .is_none_or(|inner| inner.usable().is_err() && !inner.recovering())
-    };
-    let end = loop {
-        let item = tokio::select! {
-            item = consumer.next() => item,
-            () = tx.closed() => {
-                // The `Consumer` was dropped: stop receiving; what it holds stays
-                // unacknowledged until settled or the channel closes.
-                let _ = control.cancel().await;
-                return;
-            }
-            () = dead.cancelled() => break ConsumerEnd::ConnectionLost,
-            () = control.failed.cancelled() => break ConsumerEnd::ChannelClosed,
-        };
-        match item {
-            Some(Ok(delivery)) => {
-                let delivery = Delivery {
-                    exchange: delivery.exchange.to_string(),
-                    routing_key: delivery.routing_key.to_string(),
-                    redelivered: delivery.redelivered,
-                    properties: from_properties(&delivery.properties),
-                    body: Bytes::from(delivery.data),
-                    acker: Arc::new(AmqpAcker { acker: delivery.acker }),
-                };
-                let _ = tx.send(ConsumerEvent::Delivery(Box::new(delivery)));
-            }
-            Some(Err(error)) => {
-                if control.state.load(Ordering::SeqCst) == CLOSING {
-                    break ConsumerEnd::ChannelClosed;
-                }
-                if recovering() {
-                    tracing::debug!(%error, tag = %control.tag, "consumer interrupted; lapin is recovering it");
-                    continue;
-                }
-                break if gone() {
-                    ConsumerEnd::ConnectionLost
-                } else {
-                    ConsumerEnd::ChannelClosed
-                };
-            }
-            None => {
-                break match control.state.load(Ordering::SeqCst) {
-                    CANCELLED => ConsumerEnd::Cancelled { by_broker: false },
-                    CLOSING => ConsumerEnd::ChannelClosed,
-                    _ if gone() => ConsumerEnd::ConnectionLost,
-                    _ if !control.channel.status().connected() => ConsumerEnd::ChannelClosed,
-                    _ => ConsumerEnd::Cancelled { by_broker: true },
-                };
-            }
-        }
-    };
-    if !matches!(end, ConsumerEnd::Cancelled { by_broker: false }) {
-        // Nothing to replay any more: a closed channel is not recovered.
-        control.close().await;
     }
-    let _ = tx.send(ConsumerEvent::End(end));
+
+    async fn next_event(&mut self) -> ConsumerEvent {
+        let end = loop {
+            let item = tokio::select! {
+                item = self.consumer.next() => item,
+                () = self.dead.cancelled() => break ConsumerEnd::ConnectionLost,
+                () = self.control.failed.cancelled() => break ConsumerEnd::ChannelClosed,
+            };
+            match item {
+                Some(Ok(delivery)) => {
+                    return ConsumerEvent::Delivery(Box::new(Delivery {
+                        exchange: delivery.exchange.to_string(),
+                        routing_key: delivery.routing_key.to_string(),
+                        redelivered: delivery.redelivered,
+                        properties: from_properties(&delivery.properties),
+                        body: Bytes::from(delivery.data),
+                        acker: Arc::new(AmqpAcker { acker: delivery.acker }),
+                    }));
+                }
+                Some(Err(error)) => {
+                    if self.control.state.load(Ordering::SeqCst) == CLOSING {
+                        break ConsumerEnd::ChannelClosed;
+                    }
+                    if self.recovering() {
+                        tracing::debug!(%error, tag = %self.control.tag, "consumer interrupted; lapin is recovering it");
+                        continue;
+                    }
+                    break if self.gone() {
+                        ConsumerEnd::ConnectionLost
+                    } else {
+                        ConsumerEnd::ChannelClosed
+                    };
+                }
+                None => {
+                    break match self.control.state.load(Ordering::SeqCst) {
+                        CANCELLED => ConsumerEnd::Cancelled { by_broker: false },
+                        CLOSING => ConsumerEnd::ChannelClosed,
+                        _ if self.gone() => ConsumerEnd::ConnectionLost,
+                        _ if !self.control.channel.status().connected() => ConsumerEnd::ChannelClosed,
+                        _ => ConsumerEnd::Cancelled { by_broker: true },
+                    };
+                }
+            }
+        };
+        self.ended = true;
+        if !matches!(end, ConsumerEnd::Cancelled { by_broker: false }) {
+            // Nothing to replay any more: a closed channel is not recovered.
+            self.control.close().await;
+        }
+        ConsumerEvent::End(end)
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        // The `Consumer` was dropped: stop receiving; what it holds stays
+        // unacknowledged until settled or the channel closes.
+        let control = Arc::clone(&self.control);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = control.cancel().await;
+            });
+        }
+    }
 }
 
 /// Cancels or closes one consumer's channel.

@@ -30,10 +30,11 @@ mod declared;
 mod headers;
 mod topology;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, pin::Pin, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 
 pub(crate) use self::declared::Declared;
@@ -295,20 +296,42 @@ pub trait ConsumerControl: Send + Sync + fmt::Debug {
 }
 
 /// A running consumer.
-#[derive(Debug)]
 pub struct Consumer {
     tag: String,
-    events: mpsc::UnboundedReceiver<ConsumerEvent>,
+    events: Events,
     control: Arc<dyn ConsumerControl>,
     ended: Option<ConsumerEnd>,
 }
 
+/// Where a consumer's events come from.
+enum Events {
+    Channel(mpsc::UnboundedReceiver<ConsumerEvent>),
+    Stream(Pin<Box<dyn Stream<Item = ConsumerEvent> + Send>>),
+}
+
 impl Consumer {
-    /// Wraps a broker's consumer.
+    /// Wraps a broker's consumer that sends its events down a channel.
     pub fn new(tag: String, events: mpsc::UnboundedReceiver<ConsumerEvent>, control: Arc<dyn ConsumerControl>) -> Self {
         Self {
             tag,
-            events,
+            events: Events::Channel(events),
+            control,
+            ended: None,
+        }
+    }
+
+    /// Wraps a broker's consumer given as a stream of its events, polled only from
+    /// [`next`](Self::next): deliveries go straight from the broker client to the task
+    /// that consumes, with no task in between. Dropping the `Consumer` drops the
+    /// stream, which should then cancel the consumer on the broker.
+    pub fn from_stream(
+        tag: String,
+        events: impl Stream<Item = ConsumerEvent> + Send + 'static,
+        control: Arc<dyn ConsumerControl>,
+    ) -> Self {
+        Self {
+            tag,
+            events: Events::Stream(Box::pin(events)),
             control,
             ended: None,
         }
@@ -332,7 +355,11 @@ impl Consumer {
         if let Some(end) = &self.ended {
             return Err(end.clone());
         }
-        let end = match self.events.recv().await {
+        let event = match &mut self.events {
+            Events::Channel(events) => events.recv().await,
+            Events::Stream(events) => events.next().await,
+        };
+        let end = match event {
             Some(ConsumerEvent::Delivery(delivery)) => return Ok(*delivery),
             Some(ConsumerEvent::End(end)) => end,
             None => ConsumerEnd::ChannelClosed,
@@ -344,6 +371,16 @@ impl Consumer {
     /// A handle to cancel or close this consumer from elsewhere.
     pub fn control(&self) -> Arc<dyn ConsumerControl> {
         Arc::clone(&self.control)
+    }
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("tag", &self.tag)
+            .field("control", &self.control)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
     }
 }
 

@@ -2,9 +2,9 @@
 
 use std::{fmt, future::Future, marker::PhantomData, pin::Pin, sync::Arc};
 
-use nameko_core::{Binding, Entrypoint, Extension, SetupContext, SetupError, WorkerError};
+use nameko_core::{Binding, Entrypoint, Extension, Extensions, SetupContext, SetupError, WorkerError};
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 
 use super::events_exchange_declare;
 use crate::{
@@ -255,7 +255,12 @@ struct Events<Req, Resp> {
 }
 
 impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> DeliveryHandler for Events<Req, Resp> {
-    fn handle(&self, delivery: Delivery, stopping: CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn handle(
+        &self,
+        delivery: Delivery,
+        stopping: CancellationToken,
+        settling: TaskTrackerToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let binding = self.binding.clone();
         let requeue_on_error = self.requeue_on_error;
         Box::pin(async move {
@@ -280,20 +285,25 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> DeliveryHandl
                 }
             };
             let data = context_from_headers(delivery.properties.headers.as_ref());
-            let handle = tokio::select! {
+            let slot = tokio::select! {
                 biased;
                 () = stopping.cancelled() => return settle(delivery.nack(true).await, "event"),
-                handle = binding.spawn(request, data) => match handle {
-                    Ok(handle) => handle,
+                slot = binding.reserve() => match slot {
+                    Ok(slot) => slot,
                     Err(_) => return settle(delivery.nack(true).await, "event"),
                 },
             };
-            match handle.await {
-                Ok(_) => settle(delivery.ack().await, "event"),
-                Err(WorkerError::Killed | WorkerError::NotStarted(_)) => settle(delivery.nack(true).await, "event"),
-                Err(_) if requeue_on_error => settle(delivery.nack(true).await, "event"),
-                Err(_) => settle(delivery.ack().await, "event"),
-            }
+            // Settled in the worker's own task, once it finished.
+            slot.start_then(request, data, Extensions::new(), move |result| async move {
+                let settled = match result {
+                    Ok(_) => delivery.ack().await,
+                    Err(WorkerError::Killed | WorkerError::NotStarted(_)) => delivery.nack(true).await,
+                    Err(_) if requeue_on_error => delivery.nack(true).await,
+                    Err(_) => delivery.ack().await,
+                };
+                settle(settled, "event");
+                drop(settling);
+            });
         })
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use nameko_core::{ContextData, RemoteError};
 use serde_json::Value;
 use tokio::sync::{broadcast::error::RecvError, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 
 use super::{RpcArgs, RpcError};
 use crate::{
@@ -89,7 +89,12 @@ async fn watch_connection(
 }
 
 impl DeliveryHandler for Replies {
-    fn handle(&self, delivery: Delivery, _stopping: CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn handle(
+        &self,
+        delivery: Delivery,
+        _stopping: CancellationToken,
+        settling: TaskTrackerToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let waiter = delivery
             .properties
             .correlation_id
@@ -108,6 +113,7 @@ impl DeliveryHandler for Replies {
             if let Err(err) = delivery.ack().await {
                 tracing::debug!(%err, "could not ack a reply");
             }
+            drop(settling);
         })
     }
 }

@@ -11,10 +11,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use nameko_core::{Binding, ContextData, Entrypoint, Extension, RemoteError, SetupContext, SetupError, WorkerError};
+use nameko_core::{
+    Binding, ContextData, Entrypoint, Extension, Extensions, RemoteError, SetupContext, SetupError, WorkerError,
+};
 use serde::Serialize;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 
 use super::{FromRpcArgs, RpcArgs, rpc_queue};
 use crate::{
@@ -36,12 +38,15 @@ enum Handled {
 
 /// One RPC method, its types erased.
 trait RpcMethod: Send + Sync {
+    /// Decodes `args` and starts a worker; `pending` replies and settles the request
+    /// from the worker's task once it finished (or here, if no worker runs).
     fn handle(
         &self,
         args: RpcArgs,
         data: ContextData,
         stopping: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = Handled> + Send>>;
+        pending: Pending,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 struct Method<Req, Resp> {
@@ -54,30 +59,59 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> RpcMethod for Method<Re
         args: RpcArgs,
         data: ContextData,
         stopping: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = Handled> + Send>> {
+        pending: Pending,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let binding = self.binding.clone();
         Box::pin(async move {
             // Decoded before a worker slot is taken: bad calls never hold one.
             let request = match Req::from_rpc_args(args, binding.info().method()) {
                 Ok(request) => request,
-                Err(err) => return Handled::Reply(Err(err)),
+                Err(err) => return pending.finish(Handled::Reply(Err(err))).await,
             };
-            let handle = tokio::select! {
+            let slot = tokio::select! {
                 biased;
-                () = stopping.cancelled() => return Handled::Requeue,
-                handle = binding.spawn(request, data) => match handle {
-                    Ok(handle) => handle,
-                    Err(_) => return Handled::Requeue,
+                () = stopping.cancelled() => return pending.finish(Handled::Requeue).await,
+                slot = binding.reserve() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return pending.finish(Handled::Requeue).await,
                 },
             };
-            match handle.await {
-                Ok(value) => Handled::Reply(
-                    serde_json::to_value(value).map_err(|err| RemoteError::unserializable_value(&format!("{err}"))),
-                ),
-                Err(WorkerError::Killed | WorkerError::NotStarted(_)) => Handled::Requeue,
-                Err(err) => Handled::Reply(Err(err.to_remote_error())),
-            }
+            slot.start_then(request, data, Extensions::new(), move |result| {
+                let handled = match result {
+                    Ok(value) => Handled::Reply(
+                        serde_json::to_value(value).map_err(|err| RemoteError::unserializable_value(&format!("{err}"))),
+                    ),
+                    Err(WorkerError::Killed | WorkerError::NotStarted(_)) => Handled::Requeue,
+                    Err(err) => Handled::Reply(Err(err.to_remote_error())),
+                };
+                pending.finish(handled)
+            });
         })
+    }
+}
+
+/// A request being handled: replies to it and settles it, once.
+struct Pending {
+    consumer: Arc<RpcConsumer>,
+    delivery: Delivery,
+    reply_to: String,
+    /// Keeps the consumer's graceful stop waiting until the request is settled.
+    _settling: TaskTrackerToken,
+}
+
+impl Pending {
+    async fn finish(self, handled: Handled) {
+        let delivery = &self.delivery;
+        match handled {
+            Handled::Requeue => settle(delivery.nack(true).await, "message"),
+            Handled::Reply(result) => {
+                if self.consumer.reply(delivery, &self.reply_to, result).await {
+                    settle(delivery.ack().await, "message");
+                } else {
+                    settle(delivery.nack(true).await, "message");
+                }
+            }
+        }
     }
 }
 
@@ -195,7 +229,7 @@ impl RpcConsumer {
         }
     }
 
-    async fn handle(&self, delivery: Delivery, stopping: CancellationToken) {
+    async fn handle(self: Arc<Self>, delivery: Delivery, stopping: CancellationToken, settling: TaskTrackerToken) {
         let method = delivery
             .routing_key
             .strip_prefix(self.service)
@@ -216,24 +250,20 @@ impl RpcConsumer {
             settle(delivery.reject(false).await, "message");
             return;
         };
-        let handled = match checked {
-            Err(err) => {
-                tracing::warn!(routing_key = %delivery.routing_key, error = %err, "bad RPC request");
-                Handled::Reply(Err(err))
-            }
-            Ok((handler, args)) => {
-                let data = context_from_headers(delivery.properties.headers.as_ref());
-                handler.handle(args, data, stopping).await
-            }
+        let pending = Pending {
+            consumer: self,
+            delivery,
+            reply_to,
+            _settling: settling,
         };
-        match handled {
-            Handled::Requeue => settle(delivery.nack(true).await, "message"),
-            Handled::Reply(result) => {
-                if self.reply(&delivery, &reply_to, result).await {
-                    settle(delivery.ack().await, "message");
-                } else {
-                    settle(delivery.nack(true).await, "message");
-                }
+        match checked {
+            Ok((handler, args)) => {
+                let data = context_from_headers(pending.delivery.properties.headers.as_ref());
+                handler.handle(args, data, stopping, pending).await;
+            }
+            Err(err) => {
+                tracing::warn!(routing_key = %pending.delivery.routing_key, error = %err, "bad RPC request");
+                pending.finish(Handled::Reply(Err(err))).await;
             }
         }
     }
@@ -255,9 +285,13 @@ struct Requests {
 }
 
 impl DeliveryHandler for Requests {
-    fn handle(&self, delivery: Delivery, stopping: CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let consumer = Arc::clone(&self.consumer);
-        Box::pin(async move { consumer.handle(delivery, stopping).await })
+    fn handle(
+        &self,
+        delivery: Delivery,
+        stopping: CancellationToken,
+        settling: TaskTrackerToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(Arc::clone(&self.consumer).handle(delivery, stopping, settling))
     }
 }
 
