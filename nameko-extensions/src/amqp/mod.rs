@@ -45,6 +45,7 @@ mod uri;
 
 use std::{
     fmt, io,
+    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU8, Ordering},
@@ -69,7 +70,7 @@ use lapin::{
 };
 use nameko_core::Readiness;
 use tokio::sync::{Mutex as AsyncMutex, broadcast, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use self::convert::{from_properties, short, to_properties, to_table};
 pub use self::settings::ConfigConnectError;
@@ -144,7 +145,10 @@ pub struct AmqpBroker {
 struct Inner {
     connection: Connection,
     uri: AmqpUri,
+    /// Opens the publisher channel, one publish at a time.
     publisher: AsyncMutex<Option<Channel>>,
+    /// The open publisher channel, read without waiting by every publish.
+    publisher_open: Mutex<Option<Channel>>,
     events: broadcast::Sender<ConnectionEvent>,
     /// Why the connection is down, while it is.
     down: Mutex<Option<String>>,
@@ -349,6 +353,7 @@ impl AmqpBroker {
             connection,
             uri: uri.clone(),
             publisher: AsyncMutex::new(None),
+            publisher_open: Mutex::new(None),
             events: events.clone(),
             down: Mutex::new(None),
             dead: CancellationToken::new(),
@@ -618,6 +623,25 @@ impl Inner {
         Ok(channel)
     }
 
+    /// The publisher channel in confirm mode: the open one without waiting (publishes
+    /// run side by side), or a new one, opened by one publish while the others wait.
+    async fn publisher_channel(&self) -> Result<Channel, BrokerError> {
+        let open = self
+            .publisher_open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned();
+        if let Some(channel) = open {
+            return Ok(channel);
+        }
+        let mut slot = self.publisher.lock().await;
+        let channel = self.channel(&mut slot, true).await?;
+        *self.publisher_open.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel.clone());
+        Ok(channel)
+    }
+
     async fn run_declare(&self, channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
         for exchange in &topology.exchanges {
             let kind = match exchange.kind {
@@ -752,10 +776,7 @@ impl Broker for AmqpBroker {
         let routing_key = short("a routing key", &message.routing_key)?;
         let properties = to_properties(&message.properties)?;
         inner.usable()?;
-        let channel = {
-            let mut slot = inner.publisher.lock().await;
-            inner.channel(&mut slot, true).await?
-        };
+        let channel = inner.publisher_channel().await?;
         let options = BasicPublishOptions {
             mandatory: message.mandatory,
             immediate: false,
@@ -844,6 +865,8 @@ impl Broker for AmqpBroker {
             .push(Arc::downgrade(&control));
         let deliveries = Deliveries {
             consumer,
+            dead_wait: Box::pin(inner.dead.clone().cancelled_owned()),
+            failed_wait: Box::pin(control.failed.clone().cancelled_owned()),
             control: Arc::clone(&control),
             inner: Arc::downgrade(inner),
             dead: inner.dead.clone(),
@@ -879,6 +902,9 @@ struct Deliveries {
     control: Arc<AmqpConsumerControl>,
     inner: Weak<Inner>,
     dead: CancellationToken,
+    // Made once, not for every delivery.
+    dead_wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    failed_wait: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
 }
 
@@ -909,8 +935,8 @@ impl Deliveries {
         let end = loop {
             let item = tokio::select! {
                 item = self.consumer.next() => item,
-                () = self.dead.cancelled() => break ConsumerEnd::ConnectionLost,
-                () = self.control.failed.cancelled() => break ConsumerEnd::ChannelClosed,
+                () = self.dead_wait.as_mut() => break ConsumerEnd::ConnectionLost,
+                () = self.failed_wait.as_mut() => break ConsumerEnd::ChannelClosed,
             };
             match item {
                 Some(Ok(delivery)) => {
