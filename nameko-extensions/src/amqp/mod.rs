@@ -69,7 +69,7 @@ use lapin::{
     types::FieldTable,
 };
 use nameko_core::Readiness;
-use tokio::sync::{Mutex as AsyncMutex, broadcast, oneshot};
+use tokio::sync::{Mutex as AsyncMutex, broadcast, oneshot, watch};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use self::convert::{from_properties, short, to_properties, to_table};
@@ -152,6 +152,9 @@ struct Inner {
     events: broadcast::Sender<ConnectionEvent>,
     /// Why the connection is down, while it is.
     down: Mutex<Option<String>>,
+    /// Counts losses: a publish waiting for its confirm when the connection is lost
+    /// gives up (lapin leaves such confirms pending across its recovery).
+    losses: watch::Sender<u64>,
     /// Cancelled when the connection is gone for good.
     dead: CancellationToken,
     closed: AtomicBool,
@@ -356,6 +359,7 @@ impl AmqpBroker {
             publisher_open: Mutex::new(None),
             events: events.clone(),
             down: Mutex::new(None),
+            losses: watch::Sender::new(0),
             dead: CancellationToken::new(),
             closed: AtomicBool::new(false),
             dialer,
@@ -506,6 +510,7 @@ async fn watch_connection(weak: Weak<Inner>) {
                 let _ = inner.events.send(ConnectionEvent::Lost { reason });
             }
             inner.dead.cancel();
+            inner.losses.send_modify(|n| *n += 1);
             return;
         }
         if up && !status.connected() {
@@ -514,6 +519,7 @@ async fn watch_connection(weak: Weak<Inner>) {
             let reason = format!("the connection to {} was lost; reconnecting", inner.uri);
             tracing::warn!(uri = %inner.uri, "lost the connection to RabbitMQ; reconnecting");
             *inner.down.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+            inner.losses.send_modify(|n| *n += 1);
             let _ = inner.events.send(ConnectionEvent::Lost { reason });
         } else if !up && status.connected() {
             let since = *back_since.get_or_insert_with(tokio::time::Instant::now);
@@ -775,18 +781,36 @@ impl Broker for AmqpBroker {
         let exchange = short("an exchange name", &message.exchange)?;
         let routing_key = short("a routing key", &message.routing_key)?;
         let properties = to_properties(&message.properties)?;
+        // Subscribed before the check: a loss from here on ends the wait below.
+        let mut losses = inner.losses.subscribe();
         inner.usable()?;
-        let channel = inner.publisher_channel().await?;
         let options = BasicPublishOptions {
             mandatory: message.mandatory,
             immediate: false,
         };
-        let confirm = channel
-            .basic_publish(exchange, routing_key, options, &message.body, properties)
-            .await;
-        let confirmation = match confirm {
-            Ok(confirm) => confirm.await,
-            Err(error) => Err(error),
+        let attempt = async {
+            let channel = inner.publisher_channel().await?;
+            let confirmation = match channel
+                .basic_publish(exchange, routing_key, options, &message.body, properties)
+                .await
+            {
+                Ok(confirm) => confirm.await,
+                Err(error) => Err(error),
+            };
+            Ok::<_, BrokerError>(confirmation)
+        };
+        // lapin keeps whatever waits for the broker (a confirm, a channel being opened)
+        // pending across its recovery: a loss ends the wait here instead.
+        let confirmation = tokio::select! {
+            biased;
+            confirmation = attempt => confirmation?,
+            _ = losses.changed() => {
+                return Err(BrokerError::ConnectionLost(format!(
+                    "the connection to {} was lost before the broker confirmed the publish: \
+                     it may or may not have been routed",
+                    inner.uri
+                )));
+            }
         };
         match confirmation {
             Ok(Confirmation::Ack(Some(returned))) => Ok(PublishOutcome::Returned {

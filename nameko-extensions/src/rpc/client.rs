@@ -18,8 +18,8 @@ use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 use super::{RpcArgs, RpcError};
 use crate::{
     broker::{
-        Binding, ConnectionEvent, Delivery, Exchange, Properties, Publish, PublishOutcome, Queue, SharedBroker,
-        Topology, expiration_for,
+        Binding, BrokerError, ConnectionEvent, Delivery, Exchange, Properties, Publish, PublishOutcome, Queue,
+        SharedBroker, Topology, expiration_for,
     },
     consumer::{DeliveryHandler, QueueConsumer},
     context::headers_from_context,
@@ -169,7 +169,7 @@ impl RpcClient {
         exchange: &str,
         name: &str,
         default_timeout: Option<Duration>,
-    ) -> Result<Self, crate::broker::BrokerError> {
+    ) -> Result<Self, BrokerError> {
         let id = nameko_core::ids::uuid4().to_string();
         let queue = format!("rpc.reply-{name}-{id}");
         let topology = Topology::new()

@@ -2,11 +2,17 @@
 //! without touching the shared broker, and take down (refusing connections) and bring
 //! back up, to simulate an outage.
 
-use std::{net::SocketAddr, sync::Mutex};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use tokio::{
-    io::copy_bidirectional,
-    net::{TcpListener, TcpStream},
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, tcp::OwnedReadHalf, tcp::OwnedWriteHalf},
     sync::watch,
     task::JoinHandle,
 };
@@ -17,6 +23,12 @@ pub(crate) struct Proxy {
     addr: SocketAddr,
     upstream: String,
     cut: watch::Sender<u64>,
+    /// While `true`, nothing the broker sends is passed on to the client (it stays
+    /// buffered in the proxy): replies and confirms stall.
+    held: watch::Sender<bool>,
+    /// How many times the proxy went down: an accept loop from before the latest
+    /// `down` drops what it still accepts (aborting it takes effect only later).
+    downs: Arc<AtomicU64>,
     accept: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -46,23 +58,39 @@ impl Proxy {
             addr,
             upstream,
             cut,
+            held: watch::Sender::new(false),
+            downs: Arc::new(AtomicU64::new(0)),
             accept: Mutex::new(None),
         }
     }
 
     fn serve(&self, listener: TcpListener) {
         let cuts = self.cut.clone();
+        let held = self.held.clone();
         let upstream = self.upstream.clone();
+        let downs = Arc::clone(&self.downs);
+        let serving = downs.load(Ordering::SeqCst);
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
+                if downs.load(Ordering::SeqCst) != serving {
+                    // Down since: refuse, as a closed listener would.
+                    return;
+                }
                 let upstream = upstream.clone();
                 let mut cut = cuts.subscribe();
+                let held = held.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let (never_held, _) = watch::channel(false);
                     tokio::select! {
-                        _ = copy_bidirectional(&mut client, &mut server) => {}
+                        () = pump(client_read, server_write, never_held.subscribe()) => {}
+                        () = pump(server_read, client_write, held) => {}
                         _ = cut.changed() => {}
                     }
                     // Dropping both sockets closes them.
@@ -70,6 +98,12 @@ impl Proxy {
             }
         });
         *self.accept.lock().expect("the proxy lock") = Some(accept);
+    }
+
+    /// Stops passing on what the broker sends, for good: what it sends stays in the
+    /// proxy until the connection is cut.
+    pub(crate) fn hold(&self) {
+        self.held.send_replace(true);
     }
 
     /// The port clients connect to.
@@ -85,6 +119,7 @@ impl Proxy {
     /// Cuts every connection and stops listening: new connections are refused until
     /// [`up`](Self::up).
     pub(crate) fn down(&self) {
+        self.downs.fetch_add(1, Ordering::SeqCst);
         if let Some(accept) = self.accept.lock().expect("the proxy lock").take() {
             accept.abort();
         }
@@ -95,6 +130,23 @@ impl Proxy {
     pub(crate) async fn up(&self) {
         let listener = bind_again(self.addr).await;
         self.serve(listener);
+    }
+}
+
+/// Copies `from` to `to`, waiting while `held` says so; returns when either side ends.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut held: watch::Receiver<bool>) {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if held.wait_for(|held| !held).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -34,6 +34,21 @@ impl Service for Patient {
     }
 }
 
+deps!(Starter, StarterProviders { seen: Dep<Seen> });
+
+/// `Patient`'s `ping` under a name of its own: the RabbitMQ tests run side by side in
+/// one vhost, and two services of one name would share (and compete for) one queue.
+impl Service for Starter {
+    const NAME: &'static str = "recovery_start";
+
+    fn entrypoints(e: &mut Entrypoints<Self>) {
+        e.add("ping", RpcEntrypoint::<(), Value>::new(), |w: Starter, ()| async move {
+            w.seen.push("ping", Value::Null);
+            Ok::<_, RemoteError>(json!("pong"))
+        });
+    }
+}
+
 const SOON: Duration = Duration::from_secs(20);
 
 async fn soon<T>(what: &str, future: impl Future<Output = T>) -> T {
@@ -78,7 +93,12 @@ async fn readiness_and_calls_follow_the_connection<S, R>(
         }
     };
     assert_eq!(call("ping").await.expect("ping"), json!("pong"));
-    let waiting = tokio::spawn(call("wait"));
+    // Routed (confirmed) before the loss, so only its reply is outstanding.
+    let waiting = client
+        .call_async(Patient::NAME, "wait", RpcArgs::positional([]), &edge_context(), None)
+        .await
+        .expect("the call is routed");
+    let waiting = tokio::spawn(waiting.result());
     eventually("the call is running", || seen.count("wait") == 1).await;
 
     sever().await;
@@ -166,6 +186,69 @@ mod rabbitmq {
         .await;
     }
 
+    /// A publish waiting for its confirm when the connection is lost ends at once with
+    /// `ConnectionLost` — lapin leaves such a confirm pending across its recovery, so
+    /// without this an RPC call or a reply would hang.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rabbitmq_a_publish_waiting_for_its_confirm_fails_when_the_connection_is_lost() {
+        use nameko_extensions::broker::{Broker as _, BrokerError, Exchange, Headers, Properties, Publish, Topology};
+
+        let Some(uri) = crate::support::rabbitmq().await else {
+            return;
+        };
+        let proxy = Proxy::start(format!("{}:{}", uri.host(), uri.port())).await;
+        let through = uri.with_address("127.0.0.1", proxy.port());
+        let broker = Arc::new(
+            AmqpBroker::connect(&through, AmqpOptions::new("nameko-rs publish loss test"))
+                .await
+                .expect("a connection"),
+        );
+        let exchange = format!("recovery-publish-{}", uuid::Uuid::new_v4().simple());
+        broker
+            .declare(&Topology::new().exchange(Exchange::topic(&exchange)))
+            .await
+            .expect("the exchange");
+        let publish = {
+            let (broker, exchange) = (Arc::clone(&broker), exchange.clone());
+            move || {
+                let (broker, exchange) = (Arc::clone(&broker), exchange.clone());
+                async move {
+                    broker
+                        .publish(Publish {
+                            exchange,
+                            routing_key: "anything".into(),
+                            mandatory: false,
+                            properties: Properties::json(Headers::new()),
+                            body: bytes::Bytes::from_static(b"{}"),
+                        })
+                        .await
+                }
+            }
+        };
+        // The publisher channel is open: what is held next is the confirm alone.
+        publish().await.expect("a publish before the loss");
+        proxy.hold();
+        let publishing = tokio::spawn(publish());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!publishing.is_finished(), "the confirm is held back by the proxy");
+        proxy.down();
+        match super::soon("the publish failing", publishing)
+            .await
+            .expect("the publish task")
+        {
+            Err(BrokerError::ConnectionLost(reason)) => {
+                assert!(reason.contains("may or may not have been routed"), "{reason}");
+            }
+            other => panic!("expected ConnectionLost, got {other:?}"),
+        }
+        broker.close().await;
+        let direct = AmqpBroker::connect(&uri, AmqpOptions::new("nameko-rs publish loss cleanup"))
+            .await
+            .expect("a connection");
+        let _ = direct.delete_exchange(&exchange).await;
+        direct.close().await;
+    }
+
     /// A runner started the way `run` does on AMQP: the connection is retried while
     /// RabbitMQ refuses it (not ready meanwhile), then the services start, become
     /// ready and answer.
@@ -181,7 +264,7 @@ mod rabbitmq {
         let seen = Arc::new(crate::support::Seen::default());
         let runner = nameko_core::ServiceRunner::new(config)
             .resource(Arc::clone(&seen))
-            .with_service::<super::Patient>();
+            .with_service::<super::Starter>();
         let readiness = runner.readiness();
         let connecting = {
             let readiness = readiness.clone();
@@ -215,7 +298,7 @@ mod rabbitmq {
             .expect("a client");
         let pong = client
             .call(
-                super::Patient::NAME,
+                super::Starter::NAME,
                 "ping",
                 nameko_extensions::rpc::RpcArgs::positional([]),
                 &nameko_extensions::context::edge_context(),
@@ -227,7 +310,7 @@ mod rabbitmq {
         client.stop().await;
         running.stop().await;
         let _ = broker.delete_queue(client.reply_queue()).await;
-        let _ = broker.delete_queue(&format!("rpc-{}", super::Patient::NAME)).await;
+        let _ = broker.delete_queue(&format!("rpc-{}", super::Starter::NAME)).await;
         let _ = broker.delete_exchange(&exchange).await;
         broker.close().await;
     }

@@ -73,9 +73,10 @@ pub(crate) fn runner(broker: &MemoryBroker, config: &str) -> (ServiceRunner, Arc
     (runner, seen)
 }
 
-/// Waits until `check` holds, polling; panics with `what` after a few seconds.
+/// Waits until `check` holds, polling; panics with `what` after ten seconds (generous:
+/// the machine may be busy).
 pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..500 {
+    for _ in 0..2000 {
         if check() {
             return;
         }
