@@ -85,6 +85,21 @@ impl std::str::FromStr for MissedTicks {
     }
 }
 
+/// A runner or container resource that keeps every timer from firing on its schedule:
+/// ticks then happen only when a test fires them (`ServiceHarness::fire_timer` in
+/// nameko-testing, or [`ServiceContainer::call`](nameko_core::ServiceContainer::call)
+/// with `()`). Cluster-singleton timers do not join the election either.
+///
+/// ```
+/// use std::sync::Arc;
+/// use nameko_core::Resources;
+/// use nameko_extensions::timer::ManualTicks;
+///
+/// let resources = Resources::new().with(Arc::new(ManualTicks));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManualTicks;
+
 /// How the timer was asked to fire, before setup checks it.
 #[derive(Clone, Debug)]
 enum Spec {
@@ -190,6 +205,7 @@ pub struct TimerEntrypoint {
     #[cfg(feature = "cron")]
     tz: Option<String>,
     cluster_singleton: bool,
+    manual: bool,
     plan: Option<Plan>,
     binding: Option<Binding<(), ()>>,
     election: Option<Election>,
@@ -205,6 +221,7 @@ impl TimerEntrypoint {
             #[cfg(feature = "cron")]
             tz: None,
             cluster_singleton: false,
+            manual: false,
             plan: None,
             binding: None,
             election: None,
@@ -343,7 +360,8 @@ impl Extension for TimerEntrypoint {
             .map(|ep| ep.method())
             .ok_or_else(|| SetupError::new("the timer was not bound"))?;
         let plan = self.plan(service, method)?;
-        if self.cluster_singleton {
+        self.manual = cx.resource::<ManualTicks>().is_ok();
+        if self.cluster_singleton && !self.manual {
             let broker = transport::broker(cx)?;
             let readiness = transport::readiness(cx);
             self.election = Some(Election::new(broker, service, method, readiness.as_ref()));
@@ -359,6 +377,9 @@ impl Extension for TimerEntrypoint {
             .clone()
             .ok_or_else(|| SetupError::new("the timer was not set up"))?;
         let tick = self.tick()?;
+        if self.manual {
+            return Ok(());
+        }
         if let Some(election) = &self.election {
             return election.start(plan, tick).await;
         }
