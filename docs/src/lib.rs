@@ -8,6 +8,7 @@
 //! 5. [Testing](testing)
 //! 6. [Configuration](configuration)
 //! 7. [Joining a Python Nameko cluster](python_cluster)
+//! 8. [Timers](timers)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -32,6 +33,9 @@ pub mod testing {}
 
 #[doc = include_str!("../guide/configuration.md")]
 pub mod configuration {}
+
+#[doc = include_str!("../guide/timers.md")]
+pub mod timers {}
 
 #[doc = include_str!("../guide/python-cluster.md")]
 ///

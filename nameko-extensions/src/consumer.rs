@@ -99,6 +99,11 @@ impl QueueConsumer {
         &self.queue
     }
 
+    /// What it declares before consuming.
+    pub(crate) fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
     /// Declares the topology and starts consuming; returns once the consumer is
     /// registered with the broker.
     pub(crate) async fn start(self: &Arc<Self>, handler: Arc<dyn DeliveryHandler>) -> Result<(), BrokerError> {

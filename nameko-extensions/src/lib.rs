@@ -11,6 +11,7 @@
 //! | [`memory`] | the in-memory broker (`--transport memory`, and tests) |
 //! | [`rpc`] | the `rpc` entrypoint, RPC clients and dependencies |
 //! | [`events`] | the `event_handler` entrypoint and the event dispatcher |
+//! | [`timer`] | the `timer` entrypoint: interval (tokio time) and cron (feature `cron`) schedules, cluster singletons |
 //! | [`context`] | context data as `nameko.*` headers |
 //! | [`transport`] | how extensions find the runner's broker |
 
@@ -21,6 +22,7 @@ pub mod context;
 pub mod events;
 pub mod memory;
 pub mod rpc;
+pub mod timer;
 pub mod transport;
 
 mod consumer;

@@ -12,6 +12,7 @@ use nameko_extensions::{
     events::{DispatchError, EventDispatcher},
     memory::MemoryBroker,
     rpc::{RpcArgs, RpcClient, RpcError},
+    timer::ManualTicks,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -66,6 +67,13 @@ impl<S: Service> ServiceHarnessBuilder<S> {
     /// Starts only these entrypoints: Nameko's `restrict_entrypoints`.
     pub fn only_entrypoints<I: IntoIterator<Item = M>, M: Into<String>>(mut self, methods: I) -> Self {
         self.container = self.container.only_entrypoints(methods);
+        self
+    }
+
+    /// Keeps the service's timers from firing on their schedules: ticks happen only
+    /// through [`ServiceHarness::fire_timer`].
+    pub fn manual_timers(mut self) -> Self {
+        self.container = self.container.resource(Arc::new(ManualTicks));
         self
     }
 
@@ -191,6 +199,39 @@ impl ServiceHarness {
         self.container.call_with(method, request, data).await
     }
 
+    /// Fires one tick of the timer on `method` now, with the dependencies the harness
+    /// gives (replaced ones included), and waits for the tick's worker. The timer's
+    /// schedule goes on as well, unless the harness was built with
+    /// [`manual_timers`](ServiceHarnessBuilder::manual_timers).
+    ///
+    /// # Errors
+    ///
+    /// [`FireTimerError::NotATimer`] when `method` has no `timer` entrypoint;
+    /// [`FireTimerError::Tick`] when the tick's worker fails or panics.
+    pub async fn fire_timer(&self, method: &str) -> Result<(), FireTimerError> {
+        let service = self.container.service_name();
+        let is_timer = self
+            .container
+            .entrypoints()
+            .any(|ep| ep.method() == method && ep.kind() == "timer");
+        if !is_timer {
+            return Err(FireTimerError::NotATimer {
+                service,
+                method: method.to_owned(),
+                timers: self
+                    .container
+                    .entrypoints()
+                    .filter(|ep| ep.kind() == "timer")
+                    .map(|ep| ep.method())
+                    .collect(),
+            });
+        }
+        self.container
+            .call::<(), ()>(method, ())
+            .await
+            .map_err(FireTimerError::Tick)
+    }
+
     /// Calls an RPC method of this service through the broker, as a Nameko caller
     /// would: arguments are encoded, bound and decoded exactly as on the wire.
     ///
@@ -269,6 +310,25 @@ impl fmt::Debug for ServiceHarness {
             .field("container", &self.container)
             .finish_non_exhaustive()
     }
+}
+
+/// [`ServiceHarness::fire_timer`] could not fire the tick, or the tick failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FireTimerError {
+    /// The method has no `timer` entrypoint.
+    #[error("service `{service}` has no timer `{method}`; its timers: {}", timers.join(", "))]
+    NotATimer {
+        /// The service.
+        service: &'static str,
+        /// The method asked for.
+        method: String,
+        /// The methods with a timer.
+        timers: Vec<&'static str>,
+    },
+    /// The tick's worker failed, panicked or could not start.
+    #[error(transparent)]
+    Tick(CallError),
 }
 
 /// The waiter of [`ServiceHarness::waiter`].

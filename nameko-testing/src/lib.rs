@@ -33,7 +33,7 @@ pub use nameko_core::entrypoints::{Dummy, Once};
 #[doc(inline)]
 pub use nameko_extensions::events::{DispatchLog, EventDispatcher};
 
-pub use self::harness::{EntrypointWaiter, ServiceHarness, ServiceHarnessBuilder, WaitError};
+pub use self::harness::{EntrypointWaiter, FireTimerError, ServiceHarness, ServiceHarnessBuilder, WaitError};
 #[cfg(feature = "python")]
 pub use self::python::{CONFIG_VAR, PYTHON_VAR, PythonNameko, PythonScript, PythonService, PythonServiceBuilder};
 #[cfg(feature = "rabbitmq")]

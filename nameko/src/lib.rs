@@ -62,7 +62,7 @@ pub use nameko_core as core;
 #[doc(inline)]
 #[cfg(feature = "amqp")]
 pub use nameko_extensions::amqp;
-pub use nameko_extensions::{broker, context, events, memory, rpc};
+pub use nameko_extensions::{broker, context, events, memory, rpc, timer};
 #[cfg(feature = "macros")]
 #[doc(inline)]
 pub use nameko_macros::{Dependencies, RemoteError, rpc_client, service};
@@ -91,6 +91,7 @@ pub mod __private {
         rpc::{
             FromRpcArgs, Param, Rpc, RpcArgs, RpcEntrypoint, RpcError, RpcInterface, ServiceRpc, TypedReply, decode_arg,
         },
+        timer::{MissedTicks, TimerEntrypoint},
     };
     pub use ::serde::{Serialize, de::DeserializeOwned};
     pub use ::serde_json;
@@ -114,4 +115,31 @@ pub mod __private {
     }
 
     pub use crate::__submit_service as submit_service;
+
+    /// `#[timer(cron = "...", tz = "...")]`: a cron timer, with the `cron` feature.
+    #[cfg(feature = "cron")]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __timer_cron {
+        ($expression:expr) => {
+            $crate::__private::TimerEntrypoint::cron($expression)
+        };
+        ($expression:expr, $tz:expr) => {
+            $crate::__private::TimerEntrypoint::cron($expression).tz($tz)
+        };
+    }
+
+    /// `#[timer(cron = "...")]` without the `cron` feature: a compile error saying so.
+    #[cfg(not(feature = "cron"))]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __timer_cron {
+        ($($any:tt)*) => {
+            ::core::compile_error!(
+                "#[timer(cron = ...)] needs nameko's `cron` feature: nameko = { version = \"...\", features = [\"cron\"] }"
+            )
+        };
+    }
+
+    pub use crate::__timer_cron as timer_cron;
 }

@@ -9,5 +9,6 @@ mod events;
 mod golden;
 mod recovery;
 mod rpc;
+mod timer;
 #[cfg(feature = "amqp-tls")]
 mod tls;

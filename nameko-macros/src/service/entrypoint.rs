@@ -10,7 +10,7 @@ use syn::{
     spanned::Spanned,
 };
 
-use super::method::Method;
+use super::{method::Method, timer::TimerAttr};
 use crate::{
     args::{self, Seen},
     ctxt::Ctxt,
@@ -24,6 +24,8 @@ pub(crate) enum EntrypointAttr {
     EventHandler(EventHandlerAttr),
     /// `#[entrypoint(<expr>)]`: any `Entrypoint` value.
     Custom(CustomAttr),
+    /// `#[timer(interval = "30s")]`, `#[timer(cron = "...")]` (in `super::timer`).
+    Timer(TimerAttr),
 }
 
 pub(crate) struct RpcAttr {
@@ -46,7 +48,7 @@ pub(crate) struct CustomAttr {
     entrypoint: Expr,
 }
 
-const NAMES: &[&str] = &["rpc", "event_handler", "entrypoint"];
+const NAMES: &[&str] = &["rpc", "event_handler", "entrypoint", "timer"];
 
 /// Reads and strips the entrypoint attributes from `attrs`.
 pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr> {
@@ -58,6 +60,7 @@ pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr>
         let parsed = match *name {
             "rpc" => rpc(attr).map(EntrypointAttr::Rpc),
             "event_handler" => event_handler(attr).map(EntrypointAttr::EventHandler),
+            "timer" => super::timer::parse(attr).map(EntrypointAttr::Timer),
             _ => custom(attr).map(EntrypointAttr::Custom),
         };
         if let Some(parsed) = cx.ok(parsed) {
@@ -179,6 +182,7 @@ impl EntrypointAttr {
             Self::Rpc(_) => "rpc",
             Self::EventHandler(_) => "event_handler",
             Self::Custom(_) => "entrypoint",
+            Self::Timer(_) => "timer",
         }
     }
 
@@ -196,6 +200,7 @@ impl EntrypointAttr {
             Self::Rpc(a) => a.attr.to_token_stream(),
             Self::EventHandler(a) => a.attr.to_token_stream(),
             Self::Custom(a) => a.attr.to_token_stream(),
+            Self::Timer(a) => a.span_tokens(),
         }
     }
 
@@ -316,6 +321,7 @@ impl EntrypointAttr {
                     entrypoints.add(#name, #entrypoint, #handler);
                 }
             }
+            Self::Timer(attr) => attr.expand(cx, method, &p, &name)?,
         };
         Some(quote! {
             {

@@ -3,6 +3,7 @@
 
 mod entrypoint;
 mod method;
+mod timer;
 
 use std::collections::HashMap;
 

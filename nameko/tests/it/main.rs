@@ -3,3 +3,4 @@
 mod interop;
 mod macros;
 mod standalone;
+mod timer;
