@@ -12,6 +12,7 @@
 //! | [`rpc`] | the `rpc` entrypoint, RPC clients and dependencies |
 //! | [`events`] | the `event_handler` entrypoint and the event dispatcher |
 //! | [`context`] | context data as `nameko.*` headers |
+//! | `http` | HTTP entrypoints and the runner's web server (axum), behind the `http` feature |
 //! | [`transport`] | how extensions find the runner's broker |
 
 #[cfg(feature = "amqp")]
@@ -19,6 +20,8 @@ pub mod amqp;
 pub mod broker;
 pub mod context;
 pub mod events;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod memory;
 pub mod rpc;
 pub mod transport;
