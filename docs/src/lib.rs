@@ -5,9 +5,10 @@
 //! 2. [Dependencies and providers](dependencies)
 //! 3. [RPC](rpc)
 //! 4. [Events](events)
-//! 5. [Testing](testing)
-//! 6. [Configuration](configuration)
-//! 7. [Joining a Python Nameko cluster](python_cluster)
+//! 5. [HTTP](http)
+//! 6. [Testing](testing)
+//! 7. [Configuration](configuration)
+//! 8. [Joining a Python Nameko cluster](python_cluster)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -26,6 +27,9 @@ pub mod rpc {}
 
 #[doc = include_str!("../guide/events.md")]
 pub mod events {}
+
+#[doc = include_str!("../guide/http.md")]
+pub mod http {}
 
 #[doc = include_str!("../guide/testing.md")]
 pub mod testing {}
