@@ -5,10 +5,11 @@
 //! 2. [Dependencies and providers](dependencies)
 //! 3. [RPC](rpc)
 //! 4. [Events](events)
-//! 5. [Testing](testing)
-//! 6. [Configuration](configuration)
-//! 7. [Joining a Python Nameko cluster](python_cluster)
-//! 8. [Timers](timers)
+//! 5. [HTTP](http)
+//! 6. [Testing](testing)
+//! 7. [Configuration](configuration)
+//! 8. [Joining a Python Nameko cluster](python_cluster)
+//! 9. [Timers](timers)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -27,6 +28,9 @@ pub mod rpc {}
 
 #[doc = include_str!("../guide/events.md")]
 pub mod events {}
+
+#[doc = include_str!("../guide/http.md")]
+pub mod http {}
 
 #[doc = include_str!("../guide/testing.md")]
 pub mod testing {}

@@ -23,12 +23,22 @@ pub fn context_from_headers(headers: Option<&Headers>) -> ContextData {
     }
     if data.trace_id().is_none()
         && let Some(FieldValue::String(parent)) = headers.get("traceparent")
-        && let Some(trace_id) = parent.split('-').nth(1)
-        && is_valid_trace_id(trace_id)
+        && let Some(trace_id) = trace_id_from_traceparent(parent)
     {
         data.insert(TRACE_ID_KEY, trace_id);
     }
     data
+}
+
+/// The trace-id part of a W3C `traceparent` (`<version>-<trace-id>-<parent-id>-<flags>`),
+/// if it is a valid trace id (`[A-Za-z0-9._-]{1,128}`).
+pub(crate) fn trace_id_from_traceparent(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|id| is_valid_trace_id(id))
+}
+
+/// A new trace id, for a call that starts a trace.
+pub(crate) fn new_trace_id() -> String {
+    nameko_core::ids::uuid4().simple().to_string()
 }
 
 /// The headers of an outgoing message: every context key as `nameko.<key>`; keys whose
@@ -45,10 +55,7 @@ pub fn headers_from_context(data: &ContextData) -> Headers {
 
 /// The context data of a message published outside any worker: a fresh trace.
 pub fn edge_context() -> ContextData {
-    ContextData::new().with(
-        TRACE_ID_KEY,
-        Value::String(nameko_core::ids::uuid4().simple().to_string()),
-    )
+    ContextData::new().with(TRACE_ID_KEY, Value::String(new_trace_id()))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! | [`events`] | the `event_handler` entrypoint and the event dispatcher |
 //! | [`timer`] | the `timer` entrypoint: interval (tokio time) and cron (feature `cron`) schedules, cluster singletons |
 //! | [`context`] | context data as `nameko.*` headers |
+//! | `http` | HTTP entrypoints and the runner's web server (axum), behind the `http` feature |
 //! | [`transport`] | how extensions find the runner's broker |
 
 #[cfg(feature = "amqp")]
@@ -20,6 +21,8 @@ pub mod amqp;
 pub mod broker;
 pub mod context;
 pub mod events;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod memory;
 pub mod rpc;
 pub mod timer;

@@ -24,6 +24,8 @@ pub struct ServiceHarnessBuilder<S: Service> {
     container: ServiceContainerBuilder<S>,
     config: Config,
     broker: Option<MemoryBroker>,
+    #[cfg(feature = "http")]
+    web: Option<nameko_extensions::http::WebServer>,
 }
 
 impl<S: Service> ServiceHarnessBuilder<S> {
@@ -83,6 +85,16 @@ impl<S: Service> ServiceHarnessBuilder<S> {
         self
     }
 
+    /// The web server the service's HTTP entrypoints register with (default: a
+    /// [`detached`](nameko_extensions::http::WebServer::detached) one, which never
+    /// binds: [`ServiceHarness::http`] calls its router without a socket). Give one
+    /// made with `WebServer::new()` to serve on `WEB_SERVER_ADDRESS` for real.
+    #[cfg(feature = "http")]
+    pub fn web_server(mut self, web: nameko_extensions::http::WebServer) -> Self {
+        self.web = Some(web);
+        self
+    }
+
     /// Starts the container.
     ///
     /// # Errors
@@ -93,14 +105,19 @@ impl<S: Service> ServiceHarnessBuilder<S> {
         let container = self
             .container
             .config(self.config.clone())
-            .resource::<dyn Broker>(broker.shared())
-            .start()
-            .await?;
+            .resource::<dyn Broker>(broker.shared());
+        #[cfg(feature = "http")]
+        let web = self.web.unwrap_or_else(nameko_extensions::http::WebServer::detached);
+        #[cfg(feature = "http")]
+        let container = container.resource(Arc::new(web.clone()));
+        let container = container.start().await?;
         Ok(ServiceHarness {
             broker,
             container,
             config: self.config,
             client: OnceCell::new(),
+            #[cfg(feature = "http")]
+            web,
         })
     }
 }
@@ -148,6 +165,8 @@ pub struct ServiceHarness {
     container: ServiceContainer,
     config: Config,
     client: OnceCell<RpcClient>,
+    #[cfg(feature = "http")]
+    web: nameko_extensions::http::WebServer,
 }
 
 impl ServiceHarness {
@@ -157,6 +176,8 @@ impl ServiceHarness {
             container: ServiceContainer::builder::<S>(),
             config: Config::default(),
             broker: None,
+            #[cfg(feature = "http")]
+            web: None,
         }
     }
 
@@ -263,6 +284,25 @@ impl ServiceHarness {
             })
             .await?;
         client.call(service, method, args.into(), &edge_context(), None).await
+    }
+
+    /// Sends `request` to the service's HTTP entrypoints through the web server's
+    /// router, without a socket: extractors, workers (with replaced dependencies),
+    /// error mapping, `X-Trace-Id` and the body limit all apply as when served. The
+    /// guide's HTTP chapter has an example.
+    #[cfg(feature = "http")]
+    pub async fn http(&self, request: nameko_extensions::http::Request) -> nameko_extensions::http::Response {
+        use tower::ServiceExt;
+        match self.web.router().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The web server the service's HTTP routes are registered with.
+    #[cfg(feature = "http")]
+    pub fn web_server(&self) -> &nameko_extensions::http::WebServer {
+        &self.web
     }
 
     /// Dispatches an event as service `source` would.

@@ -23,6 +23,8 @@
 //! with a minor release.
 
 mod harness;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "python")]
 mod python;
 #[cfg(feature = "rabbitmq")]

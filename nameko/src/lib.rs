@@ -62,6 +62,8 @@ pub use nameko_core as core;
 #[doc(inline)]
 #[cfg(feature = "amqp")]
 pub use nameko_extensions::amqp;
+#[cfg(feature = "http")]
+pub use nameko_extensions::http;
 pub use nameko_extensions::{broker, context, events, memory, rpc, timer};
 #[cfg(feature = "macros")]
 #[doc(inline)]
@@ -95,6 +97,51 @@ pub mod __private {
     };
     pub use ::serde::{Serialize, de::DeserializeOwned};
     pub use ::serde_json;
+
+    #[cfg(feature = "http")]
+    pub use self::http::*;
+
+    #[cfg(feature = "http")]
+    mod http {
+        use ::nameko_extensions::http::axum::{
+            extract::{FromRequest, FromRequestParts},
+            response::IntoResponse,
+        };
+        pub use ::nameko_extensions::http::{HttpEntrypoint, into_http_result};
+
+        /// An extractor that does not read the body.
+        #[diagnostic::on_unimplemented(
+            message = "`{Self}` cannot come before the last parameter of an #[http] method",
+            label = "not an axum `FromRequestParts` extractor",
+            note = "only the last parameter may read the request body (`String`, `Bytes`, `Json<T>`, `Request`): move it last; the others must implement `FromRequestParts<()>` (`Path`, `Query`, `HeaderMap`, ...)"
+        )]
+        pub trait HttpPartsExtractor {}
+        impl<T: FromRequestParts<()>> HttpPartsExtractor for T {}
+
+        /// An extractor for the last parameter.
+        #[diagnostic::on_unimplemented(
+            message = "`{Self}` is not an axum extractor",
+            label = "not `FromRequest<()>` nor `FromRequestParts<()>`",
+            note = "the parameters of an #[http] method are axum extractors: `Path<T>`, `Query<T>`, `Json<T>`, `HeaderMap`, `String`, ..."
+        )]
+        pub trait HttpExtractor<M> {}
+        impl<M, T: FromRequest<(), M>> HttpExtractor<M> for T {}
+
+        /// What an `#[http]` method's `Ok` may be.
+        #[diagnostic::on_unimplemented(
+            message = "`{Self}` is not a response: an #[http] method returns `Result<T, E>` with `T: IntoResponse`",
+            label = "does not implement axum's `IntoResponse`"
+        )]
+        pub trait HttpResponse {}
+        impl<T: IntoResponse> HttpResponse for T {}
+
+        /// Asserts a parameter before the last is a parts extractor.
+        pub fn assert_http_parts_extractor<T: HttpPartsExtractor>() {}
+        /// Asserts the last parameter is an extractor.
+        pub fn assert_http_extractor<T: HttpExtractor<M>, M>() {}
+        /// Asserts the success type is a response.
+        pub fn assert_http_response<T: HttpResponse>() {}
+    }
 
     /// Registers a service with `inventory` when the `registry` feature is on.
     #[cfg(feature = "registry")]

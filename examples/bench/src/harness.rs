@@ -83,6 +83,9 @@ impl Implementation {
                 format!("rpc_exchange={rpc_exchange}"),
                 "--define".into(),
                 format!("max_workers={prefetch}"),
+                // The harness measures AMQP; the HTTP route must not need port 8000.
+                "--define".into(),
+                "WEB_SERVER_ADDRESS=127.0.0.1:0".into(),
             ],
             Self::Raw => vec![
                 "raw-server".into(),

@@ -20,6 +20,7 @@ pub mod client;
 pub mod harness;
 pub mod load;
 pub mod raw;
+pub mod raw_http;
 
 use std::{
     sync::{
@@ -29,6 +30,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use nameko::http::Path;
 use nameko::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -157,6 +159,13 @@ impl Bench {
     #[rpc]
     pub async fn ping_stats(&self) -> Result<PingStats, RemoteError> {
         Ok(self.pings.stats())
+    }
+
+    /// `GET /echo/{v}` answers `v`: the HTTP row of the benchmark (compare with the
+    /// bare axum handler of [`raw_http::router`]).
+    #[http("GET", "/echo/{v}")]
+    pub async fn echo_http(&self, Path(v): Path<String>) -> Result<String, RemoteError> {
+        Ok(v)
     }
 
     /// Counts a `ping` event of `loadgen`.

@@ -9,6 +9,8 @@
 //! - `example-bench raw-server [--broker URI] [--rpc-exchange NAME] [--prefetch N]` and
 //!   `example-bench raw-client ...` (the same scenarios and output keys): the raw
 //!   lapin baseline.
+//! - `example-bench raw-http [--address HOST:PORT]`: `GET /echo/{v}` with bare axum,
+//!   the baseline of `bench`'s `#[http]` echo, until SIGTERM.
 //! - `example-bench harness [--broker URI] [--runs N] [--out FILE] ...`: both side by
 //!   side; prints a markdown table of medians and ratios.
 
@@ -29,7 +31,7 @@ use example_bench::{
 };
 
 /// The subcommands this binary adds to nameko-rs's `run`, `list` and `show-config`.
-const TOOLS: [&str; 4] = ["client", "raw-client", "raw-server", "harness"];
+const TOOLS: [&str; 5] = ["client", "raw-client", "raw-server", "raw-http", "harness"];
 
 fn main() -> ExitCode {
     if std::env::args()
@@ -55,8 +57,17 @@ enum Tool {
     RawClient(ClientArgs),
     /// Serves `bench` with lapin alone, with nameko-rs's guarantees, until SIGTERM.
     RawServer(ServerArgs),
+    /// Serves `GET /echo/{v}` with bare axum (the HTTP baseline) until SIGTERM.
+    RawHttp(RawHttpArgs),
     /// Runs nameko-rs and the raw baseline side by side; prints a markdown table.
     Harness(HarnessArgs),
+}
+
+#[derive(Debug, Args)]
+struct RawHttpArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    address: String,
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +236,19 @@ async fn run(tool: Tool) -> Result<ExitCode, BenchError> {
             }
             server.stop().await;
             tracing::info!("the raw lapin server stopped");
+        }
+        Tool::RawHttp(args) => {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let shutdown = async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            example_bench::raw_http::serve(&args.address, shutdown, |addr| {
+                tracing::info!("the bare axum server listens on http://{addr}; SIGTERM or Ctrl-C stops it");
+            })
+            .await?;
         }
         Tool::Harness(args) => {
             let exe = std::env::current_exe()?;

@@ -49,6 +49,42 @@ async fn the_service_answers_and_counts_pings() {
     bench.stop().await;
 }
 
+/// `GET /echo/{v}`: the `#[http]` route on the runner's web server and the bare axum
+/// baseline answer the same, on real sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_http_echoes_answer_the_same() {
+    let web = nameko::http::WebServer::new();
+    let running = ServiceRunner::new(Config::from_yaml_str("WEB_SERVER_ADDRESS: 127.0.0.1:0").unwrap())
+        .with_service::<Bench>()
+        .resource::<dyn Broker>(nameko::memory::MemoryBroker::new().shared())
+        .resources(example_bench::resources())
+        .resource(Arc::new(web.clone()))
+        .start()
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let raw = tokio::spawn(example_bench::raw_http::serve(
+        "127.0.0.1:0",
+        async move {
+            let _ = stopped.await;
+        },
+        move |addr| {
+            let _ = bound_tx.send(addr);
+        },
+    ));
+    let raw_addr = bound_rx.await.unwrap();
+    for addr in [web.local_addr().unwrap(), raw_addr] {
+        let response = nameko_testing::http::exchange(addr, "GET", "/echo/hello", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!((response.status, response.text().as_str()), (200, "hello"), "{addr}");
+    }
+    let _ = stop.send(());
+    raw.await.unwrap().unwrap();
+    running.stop().await;
+}
+
 /// `NAMEKO_TEST_AMQP_URI` (password included, for the processes started), or `None`
 /// (with the reason printed) when RabbitMQ is not there.
 async fn rabbitmq() -> Option<String> {
@@ -109,6 +145,7 @@ async fn the_raw_baseline_and_nameko_rs_interoperate_both_ways() {
     );
     let config = Config::loader()
         .define(format!("rpc_exchange={exchange}"))
+        .define("WEB_SERVER_ADDRESS=127.0.0.1:0")
         .load()
         .unwrap();
     let running = ServiceRunner::new(config)

@@ -5,9 +5,14 @@
 //! - `greeting` serves the RPC method `greet(name)`, which counts the visit in a
 //!   [`Visitors`] resource, dispatches a `greeted` event and answers `"Hi, {name}!"`.
 //! - `listen` handles `greeting`'s `greeted` events and logs `Somebody greeted {name}`.
+//! - `web` serves `GET /greet?name=Flynne` by calling `greeting.greet` over RPC. The
+//!   request's trace id (its `X-Trace-Id`, or a new one) travels with the RPC call and
+//!   the event, so `web`, `greeting` and `listen` each log a line carrying it.
 
 use nameko::events::{DispatchError, EventDispatcher};
+use nameko::http::Query;
 use nameko::prelude::*;
+use nameko::rpc::{Rpc, RpcError};
 use serde::{Deserialize, Serialize};
 
 /// Counts who was greeted: a resource the binary supplies through the CLI's
@@ -44,7 +49,7 @@ pub enum GreetingError {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 pub trait GreetingClient {
     /// Calls `greeting.greet(name)`.
-    async fn greet(&self, name: String) -> Result<String, nameko::rpc::RpcError>;
+    async fn greet(&self, name: String) -> Result<String, RpcError>;
 }
 
 /// The `greeting` service.
@@ -82,6 +87,57 @@ impl Listen {
     pub async fn on_greeted(&self, event: Greeted) -> Result<(), RemoteError> {
         tracing::info!("Somebody greeted {}", event.name);
         Ok(())
+    }
+}
+
+/// The query of `GET /greet`.
+#[derive(Debug, Deserialize)]
+pub struct GreetQuery {
+    /// Who to greet.
+    pub name: String,
+}
+
+/// What `web`'s routes can fail with.
+#[derive(Debug, thiserror::Error, nameko::RemoteError)]
+pub enum WebError {
+    /// `greeting` refused (an empty name).
+    #[error("{0}")]
+    #[remote(exc_type = "BadName", status = 400, expected)]
+    BadName(String),
+    /// `greeting` could not be reached or failed.
+    #[error("the greeting service failed: {0}")]
+    #[remote(exc_type = "GreetingUnavailable", status = 502)]
+    Greeting(RpcError),
+}
+
+impl From<RpcError> for WebError {
+    fn from(err: RpcError) -> Self {
+        match err {
+            RpcError::Remote(remote) if remote.exc_type() == "NoName" => Self::BadName(remote.value().to_owned()),
+            other => Self::Greeting(other),
+        }
+    }
+}
+
+/// The `web` service: HTTP in front of `greeting`.
+#[derive(nameko::Dependencies)]
+pub struct Web {
+    greeting: Rpc<dyn GreetingClient>,
+}
+
+impl std::fmt::Debug for Web {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Web").finish_non_exhaustive()
+    }
+}
+
+#[nameko::service(name = "web")]
+impl Web {
+    /// `GET /greet?name=Flynne` → `Hi, Flynne!`
+    #[http("GET", "/greet")]
+    pub async fn greet(&self, Query(query): Query<GreetQuery>) -> Result<String, WebError> {
+        tracing::info!("asking greeting to greet {}", query.name);
+        Ok(self.greeting.greet(query.name).await?)
     }
 }
 

@@ -8,7 +8,8 @@ use std::{
     time::Duration,
 };
 
-use example_greeting::{CountingVisitors, Greeting, Listen, Visitors};
+use example_greeting::{CountingVisitors, Greeting, Listen, Visitors, Web};
+use nameko::http::axum::{body::Body, extract::Request};
 use nameko::memory::MemoryBroker;
 use nameko::rpc::RpcError;
 use nameko_testing::{PythonNameko, RabbitMq, ServiceHarness};
@@ -48,6 +49,108 @@ async fn greet_over_rpc_reaches_the_listener() {
     listen.stop().await;
 }
 
+/// `web` in front of `greeting`, called through the harness's router (no socket):
+/// the answer, and the errors mapped to statuses.
+#[tokio::test]
+async fn web_greets_over_rpc() {
+    let broker = MemoryBroker::new();
+    let greeting = ServiceHarness::builder::<Greeting>()
+        .broker(broker.clone())
+        .resource::<dyn Visitors>(Arc::new(CountingVisitors::default()))
+        .start()
+        .await
+        .unwrap();
+    let web = ServiceHarness::builder::<Web>().broker(broker).start().await.unwrap();
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let body = |response: nameko::http::Response| async move {
+        let bytes = nameko::http::axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+
+    let response = web.http(get("/greet?name=Flynne")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(body(response).await, "Hi, Flynne!");
+
+    let response = web.http(get("/greet?name=")).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        body(response).await,
+        r#"{"error":"BadName","message":"a name is needed to greet somebody"}"#
+    );
+    // No `name`: axum's Query rejection, before any worker.
+    assert_eq!(web.http(get("/greet")).await.status(), 400);
+
+    web.stop().await;
+    greeting.stop().await;
+}
+
+/// The README's walk-through: the binary on the memory transport, `GET
+/// /greet?name=Flynne`, and one trace id in the lines `web`, `greeting` and `listen`
+/// log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walk_through_logs_one_trace_id_in_web_greeting_and_listen() {
+    let mut child = spawn(&[
+        "run",
+        "--transport",
+        "memory",
+        "--define",
+        "WEB_SERVER_ADDRESS=127.0.0.1:0",
+    ]);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let next = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, log: &mut Vec<String>| {
+        let line = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no log line in 30 s; log: {log:#?}"))
+            .unwrap_or_else(|| panic!("the binary exited; log: {log:#?}"));
+        log.push(line.clone());
+        line
+    };
+    let addr: std::net::SocketAddr = loop {
+        let line = next(&mut rx, &mut log).await;
+        if let Some((_, rest)) = line.split_once("web server listening on http://") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let response = nameko_testing::http::exchange(addr, "GET", "/greet?name=Flynne", &[("X-Trace-Id", "walk-1")], b"")
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.status, response.text().as_str()),
+        (200, "Hi, Flynne!"),
+        "{log:#?}"
+    );
+    assert_eq!(response.header("x-trace-id"), Some("walk-1"));
+
+    let mut seen = [false; 3];
+    while seen != [true; 3] {
+        let line = next(&mut rx, &mut log).await;
+        if !line.contains("trace_id=walk-1") {
+            continue;
+        }
+        seen[0] |= line.contains("asking greeting to greet Flynne");
+        seen[1] |= line.contains("greeting Flynne");
+        seen[2] |= line.contains("Somebody greeted Flynne");
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "{log:#?}");
+}
+
 /// Starts the example binary with `args`; returns it once it says it is running.
 fn spawn(args: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_example-greeting"))
@@ -61,7 +164,13 @@ fn spawn(args: &[&str]) -> std::process::Child {
 
 #[test]
 fn the_binary_stops_cleanly_on_sigterm() {
-    let mut child = spawn(&["run", "--transport", "memory"]);
+    let mut child = spawn(&[
+        "run",
+        "--transport",
+        "memory",
+        "--define",
+        "WEB_SERVER_ADDRESS=127.0.0.1:0",
+    ]);
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = Vec::new();
     for line in lines.by_ref() {
@@ -130,7 +239,15 @@ async fn python_calls_the_binary_over_rabbitmq() {
     let exchange = format!("rpc_exchange={}", rabbit.rpc_exchange());
     let mut binary = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_example-greeting"))
-            .args(["run", "--broker", &url, "--define", &exchange])
+            .args([
+                "run",
+                "--broker",
+                &url,
+                "--define",
+                &exchange,
+                "--define",
+                "WEB_SERVER_ADDRESS=127.0.0.1:0",
+            ])
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())

@@ -26,6 +26,15 @@ pub(crate) enum EntrypointAttr {
     Custom(CustomAttr),
     /// `#[timer(interval = "30s")]`, `#[timer(cron = "...")]` (in `super::timer`).
     Timer(TimerAttr),
+    /// `#[http("GET", "/path/{param}")]`; repeated attributes on one method fold into
+    /// one entrypoint serving every route.
+    Http(HttpAttr),
+}
+
+pub(crate) struct HttpAttr {
+    attr: Attribute,
+    /// `(methods, path)`, one per attribute.
+    routes: Vec<(LitStr, LitStr)>,
 }
 
 pub(crate) struct RpcAttr {
@@ -48,7 +57,7 @@ pub(crate) struct CustomAttr {
     entrypoint: Expr,
 }
 
-const NAMES: &[&str] = &["rpc", "event_handler", "entrypoint", "timer"];
+const NAMES: &[&str] = &["rpc", "event_handler", "entrypoint", "timer", "http"];
 
 /// Reads and strips the entrypoint attributes from `attrs`.
 pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr> {
@@ -61,14 +70,74 @@ pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr>
             "rpc" => rpc(attr).map(EntrypointAttr::Rpc),
             "event_handler" => event_handler(attr).map(EntrypointAttr::EventHandler),
             "timer" => super::timer::parse(attr).map(EntrypointAttr::Timer),
+            "http" => http(attr).map(EntrypointAttr::Http),
             _ => custom(attr).map(EntrypointAttr::Custom),
         };
         if let Some(parsed) = cx.ok(parsed) {
-            out.push(parsed);
+            // Several #[http] on one method: one entrypoint with every route.
+            if let EntrypointAttr::Http(new) = &parsed
+                && let Some(EntrypointAttr::Http(first)) = out.iter_mut().find(|a| matches!(a, EntrypointAttr::Http(_)))
+            {
+                first.routes.extend(new.routes.iter().cloned());
+            } else {
+                out.push(parsed);
+            }
         }
         false
     });
+    if out.len() > 1
+        && let Some(EntrypointAttr::Http(http)) = out.iter().find(|a| matches!(a, EntrypointAttr::Http(_)))
+    {
+        cx.error_spanned_by(
+            &http.attr,
+            "#[http] stands alone: an HTTP method's parameters are extractors, so it cannot also be another entrypoint",
+        );
+    }
     out
+}
+
+const HTTP_METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+];
+
+fn http(attr: &Attribute) -> syn::Result<HttpAttr> {
+    const USAGE: &str = "write #[http(\"GET\", \"/path/{param}\")], or #[http(\"GET,POST\", \"/path\")]";
+    let list = attr
+        .meta
+        .require_list()
+        .map_err(|err| syn::Error::new(err.span(), USAGE))?;
+    let parser = |input: ParseStream<'_>| {
+        let methods: LitStr = input.parse()?;
+        input.parse::<Token![,]>()?;
+        let path: LitStr = input.parse()?;
+        let _ = input.parse::<Option<Token![,]>>()?;
+        if !input.is_empty() {
+            return Err(input.error("#[http] takes two arguments: the methods and the path"));
+        }
+        Ok((methods, path))
+    };
+    let (methods, path) = parser
+        .parse2(list.tokens.clone())
+        .map_err(|err| syn::Error::new_spanned(attr, format!("{err}: {USAGE}")))?;
+    for method in methods.value().split(',') {
+        let method = method.trim();
+        if !HTTP_METHODS.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+            return Err(syn::Error::new_spanned(
+                &methods,
+                format!(
+                    "unknown HTTP method `{method}`; expected one of: {}",
+                    HTTP_METHODS.join(", ")
+                ),
+            ));
+        }
+    }
+    if !path.value().starts_with('/') {
+        return Err(syn::Error::new_spanned(&path, "an HTTP route's path starts with `/`"));
+    }
+    Ok(HttpAttr {
+        attr: attr.clone(),
+        routes: vec![(methods, path)],
+    })
 }
 
 fn rpc(attr: &Attribute) -> syn::Result<RpcAttr> {
@@ -183,6 +252,7 @@ impl EntrypointAttr {
             Self::EventHandler(_) => "event_handler",
             Self::Custom(_) => "entrypoint",
             Self::Timer(_) => "timer",
+            Self::Http(_) => "http",
         }
     }
 
@@ -201,6 +271,7 @@ impl EntrypointAttr {
             Self::EventHandler(a) => a.attr.to_token_stream(),
             Self::Custom(a) => a.attr.to_token_stream(),
             Self::Timer(a) => a.span_tokens(),
+            Self::Http(a) => a.attr.to_token_stream(),
         }
     }
 
@@ -299,6 +370,40 @@ impl EntrypointAttr {
                         #event_handler #( #options )*,
                         #handler,
                     );
+                }
+            }
+            Self::Http(attr) => {
+                let count = method.params.len();
+                let tys: Vec<_> = method.params.iter().map(|param| &param.ty).collect();
+                // axum's rule, checked per parameter: only the last may read the body.
+                let asserts = tys.iter().enumerate().map(|(index, ty)| {
+                    if index + 1 < count {
+                        quote_spanned! {ty.span()=> #p::assert_http_parts_extractor::<#ty>(); }
+                    } else {
+                        quote_spanned! {ty.span()=> #p::assert_http_extractor::<#ty, _>(); }
+                    }
+                });
+                let ret = &method.ret;
+                let assert_ok =
+                    quote_spanned! {method.ret_span=> #p::assert_http_response::<<#ret as #p::HandlerResult>::Ok>(); };
+                let values: Vec<_> = (0..count)
+                    .map(|i| syn::Ident::new(&format!("__arg{i}"), proc_macro2::Span::call_site()))
+                    .collect();
+                let ident = &method.ident;
+                let into_result = args::respan(quote!(#p::into_http_result::<#ret>), method.ret_span);
+                let handler = quote_spanned! {method.ret_span=>
+                    |worker: Self, ( #( #values, )* ): ( #( #tys, )* )| async move {
+                        #into_result(worker.#ident( #( #values ),* ).await)
+                    }
+                };
+                let mut routes = attr.routes.iter();
+                let (methods, path) = routes.next().expect("one route per attribute");
+                let more = routes.map(|(methods, path)| quote!(.route(#methods, #path)));
+                let http_entrypoint = args::respan(quote!(#p::HttpEntrypoint::<( #( #tys, )* ), _>), method.ret_span);
+                quote! {
+                    #( #asserts )*
+                    #assert_ok
+                    #add(#name, #http_entrypoint::new(#methods, #path) #( #more )*, #handler);
                 }
             }
             Self::Custom(attr) => {

@@ -39,7 +39,7 @@ pub(crate) struct Method {
 
 impl Method {
     /// Reads `sig`, reporting every rule it breaks.
-    pub(crate) fn check(cx: &Ctxt, sig: &Signature, mut renames: Vec<Option<LitStr>>) -> Option<Self> {
+    pub(crate) fn check(cx: &Ctxt, sig: &Signature, mut renames: Vec<Option<LitStr>>, patterns: bool) -> Option<Self> {
         let mut ok = true;
         let mut fail = |tokens: &dyn quote::ToTokens, message: &str| {
             cx.error_spanned_by(tokens.to_token_stream(), message);
@@ -81,6 +81,8 @@ impl Method {
             let FnArg::Typed(typed) = arg else { continue };
             let ident = match &*typed.pat {
                 Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => pat.ident.clone(),
+                // #[http] parameters are extractors, often destructured: `Path(id): Path<u64>`.
+                _ if patterns => Ident::new("_", typed.pat.span()),
                 other => {
                     fail(
                         other,

@@ -84,7 +84,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
         if renamed && !attrs.iter().any(|a| matches!(a, EntrypointAttr::Rpc(_))) {
             cx.error_spanned_by(&f.sig.ident, "#[arg] renames parameters of #[rpc] methods only");
         }
-        let Some(method) = Method::check(&cx, &f.sig, renames) else {
+        let patterns = attrs.iter().all(|a| matches!(a, EntrypointAttr::Http(_)));
+        let Some(method) = Method::check(&cx, &f.sig, renames, patterns) else {
             continue;
         };
         for attr in &attrs {

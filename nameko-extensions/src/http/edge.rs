@@ -1,0 +1,195 @@
+//! What every request and response goes through, before any route: the trace id, the
+//! body size limit, and the JSON error body.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{FromRequestParts, Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use nameko_core::{RemoteError, SpawnError, WorkerError, is_valid_trace_id};
+use serde::Serialize;
+
+use crate::context::{new_trace_id, trace_id_from_traceparent};
+
+/// `X-Trace-Id`: read from requests (validated) and set on every response.
+pub const TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-trace-id");
+
+/// The default of `WEB_MAX_BODY_SIZE`: 2 MiB.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 2 * 1024 * 1024;
+
+/// The trace id of an HTTP request: the incoming `X-Trace-Id` (or the trace-id part of a
+/// W3C `traceparent`) when it matches `[A-Za-z0-9._-]{1,128}`, otherwise a new one. The
+/// worker's context data carries it, so RPC calls and events the worker makes forward
+/// it as `nameko.trace_id`, and the response carries it as `X-Trace-Id`.
+///
+/// It is also an extractor, for a handler that wants to see it:
+///
+/// ```
+/// use nameko_extensions::http::TraceId;
+///
+/// async fn handler(TraceId(trace_id): TraceId) -> String {
+///     format!("your trace id is {trace_id}")
+/// }
+/// # let _ = handler;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceId(pub String);
+
+impl TraceId {
+    /// The trace id of a request with `headers`: adopted if valid, new otherwise.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let adopted = headers
+            .get(TRACE_ID_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| is_valid_trace_id(id))
+            .or_else(|| {
+                headers
+                    .get("traceparent")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(trace_id_from_traceparent)
+            });
+        Self(adopted.map_or_else(new_trace_id, str::to_owned))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TraceId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<TraceId>()
+            .cloned()
+            .unwrap_or_else(|| TraceId::from_headers(&parts.headers)))
+    }
+}
+
+/// Marks a response written by an entrypoint (the handler's own, or its error), so the
+/// edge never rewrites it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FromHandler;
+
+/// The body of every error the framework writes: `{"error": exc_type, "message": ...}`.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+/// A JSON error response in the framework's shape.
+pub(crate) fn error_response(status: StatusCode, error: &str, message: &str) -> Response {
+    (status, Json(ErrorBody { error, message })).into_response()
+}
+
+/// The response for a worker that did not produce one.
+pub(crate) fn worker_error_response(err: &WorkerError) -> Response {
+    let status = match err {
+        WorkerError::Failed(err) => StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        WorkerError::Killed | WorkerError::NotStarted(SpawnError::Stopping | SpawnError::Killed) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let remote: RemoteError = err.to_remote_error();
+    error_response(status, remote.exc_type(), remote.value())
+}
+
+/// The body size limit, shared with the running edge (read per request).
+#[derive(Debug)]
+pub(crate) struct Limit(pub(crate) AtomicUsize);
+
+impl Limit {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn too_large(limit: usize) -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLarge",
+        &format!("the request body is larger than the limit of {limit} bytes (config `WEB_MAX_BODY_SIZE`)"),
+    )
+}
+
+/// The edge middleware: trace id in and out, body limit, JSON 413.
+pub(crate) async fn edge(State(limit): State<Arc<Limit>>, mut request: Request, next: Next) -> Response {
+    let trace_id = TraceId::from_headers(request.headers());
+    let header = HeaderValue::from_str(&trace_id.0).expect("valid trace ids are valid header values");
+    let limit = limit.get();
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let mut response = if declared.is_some_and(|length| length > limit as u64) {
+        too_large(limit)
+    } else {
+        request.extensions_mut().insert(trace_id);
+        let request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
+        let response = next.run(request).await;
+        // An extractor that hit the limit answers 413 in plain text: say it in JSON.
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE && response.extensions().get::<FromHandler>().is_none() {
+            too_large(limit)
+        } else {
+            response
+        }
+    };
+    response.headers_mut().insert(TRACE_ID_HEADER, header);
+    response
+}
+
+/// The answer for a path no route matches.
+pub(crate) async fn not_found(request: Request) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_str(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_trace_id_is_adopted_and_an_invalid_one_replaced() {
+        assert_eq!(
+            TraceId::from_headers(&headers(&[("x-trace-id", "abc-1.2_3")])).0,
+            "abc-1.2_3"
+        );
+        let replaced = TraceId::from_headers(&headers(&[("x-trace-id", "bad id!")])).0;
+        assert_ne!(replaced, "bad id!");
+        assert!(is_valid_trace_id(&replaced));
+        let long = "a".repeat(129);
+        assert_ne!(TraceId::from_headers(&headers(&[("x-trace-id", &long)])).0, long);
+    }
+
+    #[test]
+    fn traceparent_supplies_the_trace_id_when_there_is_no_x_trace_id() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            TraceId::from_headers(&headers(&[("traceparent", parent)])).0,
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            TraceId::from_headers(&headers(&[("traceparent", parent), ("x-trace-id", "mine")])).0,
+            "mine"
+        );
+    }
+}
