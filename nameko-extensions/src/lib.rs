@@ -13,6 +13,7 @@
 //! | [`events`] | the `event_handler` entrypoint and the event dispatcher |
 //! | [`context`] | context data as `nameko.*` headers |
 //! | [`transport`] | how extensions find the runner's broker |
+//! | `ws` | websocket RPC (`#[ws_rpc]`) and the hub on `GET /ws`, behind the `ws` feature |
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -22,5 +23,7 @@ pub mod events;
 pub mod memory;
 pub mod rpc;
 pub mod transport;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 mod consumer;

@@ -3,3 +3,5 @@
 mod interop;
 mod macros;
 mod standalone;
+#[cfg(feature = "ws")]
+mod ws;
