@@ -82,17 +82,19 @@ impl<S: Service> ServiceHarnessBuilder<S> {
     /// [`ContainerError`] when the service cannot start.
     pub async fn start(self) -> Result<ServiceHarness, ContainerError> {
         let broker = self.broker.unwrap_or_default();
-        let container = self
-            .container
-            .config(self.config.clone())
-            .resource::<dyn Broker>(broker.shared())
-            .start()
-            .await?;
+        let container = self.container.config(self.config.clone());
+        #[cfg(feature = "ws")]
+        let ws = nameko_extensions::ws::WsServer::new();
+        #[cfg(feature = "ws")]
+        let container = container.resource(Arc::new(ws.clone()));
+        let container = container.resource::<dyn Broker>(broker.shared()).start().await?;
         Ok(ServiceHarness {
             broker,
             container,
             config: self.config,
             client: OnceCell::new(),
+            #[cfg(feature = "ws")]
+            ws,
         })
     }
 }
@@ -140,6 +142,8 @@ pub struct ServiceHarness {
     container: ServiceContainer,
     config: Config,
     client: OnceCell<RpcClient>,
+    #[cfg(feature = "ws")]
+    ws: nameko_extensions::ws::WsServer,
 }
 
 impl ServiceHarness {
@@ -247,6 +251,47 @@ impl ServiceHarness {
             method: method.to_owned(),
             reports: self.container.worker_reports(),
         }
+    }
+
+    /// Sends a websocket request frame to a `#[ws_rpc]` method without a socket (feature
+    /// `ws`): `data` is the frame's `data` (keyword arguments), `socket_id` what the
+    /// method gets as its first argument. The call is decoded, bound and run as a frame
+    /// on `GET /ws` would be, with the harness's replaced dependencies.
+    ///
+    /// # Errors
+    ///
+    /// The error the result frame would carry: `MethodNotFound`, `IncorrectSignature`,
+    /// the worker's error.
+    #[cfg(feature = "ws")]
+    pub async fn ws_call(&self, method: &str, socket_id: &str, data: Value) -> Result<Value, nameko_core::RemoteError> {
+        self.ws_call_with(method, socket_id, data, ContextData::new()).await
+    }
+
+    /// Like [`ws_call`](Self::ws_call), with the socket's context data (what a client's
+    /// upgrade request headers would give).
+    ///
+    /// # Errors
+    ///
+    /// As [`ws_call`](Self::ws_call).
+    #[cfg(feature = "ws")]
+    pub async fn ws_call_with(
+        &self,
+        method: &str,
+        socket_id: &str,
+        data: Value,
+        context: ContextData,
+    ) -> Result<Value, nameko_core::RemoteError> {
+        self.ws.call(method, socket_id, data, context).await
+    }
+
+    /// The service's websocket server (feature `ws`): serve its
+    /// [`router`](nameko_extensions::ws::WsServer::router) to test over a real socket,
+    /// open recorded fake sockets with
+    /// [`recorder`](nameko_extensions::ws::WsServer::recorder), or reach the
+    /// [`hub`](nameko_extensions::ws::WsServer::hub).
+    #[cfg(feature = "ws")]
+    pub fn ws_server(&self) -> &nameko_extensions::ws::WsServer {
+        &self.ws
     }
 
     /// Stops the service gracefully.

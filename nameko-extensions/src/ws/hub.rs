@@ -188,13 +188,7 @@ impl WebSocketHub {
     /// [`HubLog::connect`] and read what they were sent with [`HubLog::frames`].
     pub fn recording() -> (Self, HubLog) {
         let registry = Arc::new(Registry::default());
-        (
-            Self::new(Arc::clone(&registry)),
-            HubLog {
-                registry,
-                frames: Arc::default(),
-            },
-        )
+        (Self::new(Arc::clone(&registry)), HubLog::new(registry))
     }
 
     /// Subscribes a socket to a channel.
@@ -303,6 +297,13 @@ pub struct HubLog {
 }
 
 impl HubLog {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
+        Self {
+            registry,
+            frames: Arc::default(),
+        }
+    }
+
     /// Opens a fake socket with a fresh id; returns the id.
     pub fn connect(&self) -> String {
         let socket_id = nameko_core::ids::uuid4().to_string();

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    WebSocketHub,
+    HubLog, WebSocketHub,
     hub::{Kick, Registry},
     protocol::{self, WsRequest},
 };
@@ -169,6 +169,13 @@ impl WsServer {
     /// The runner's hub: the sockets of this server.
     pub fn hub(&self) -> WebSocketHub {
         WebSocketHub::new(Arc::clone(&self.inner.registry))
+    }
+
+    /// A [`HubLog`] over this server's sockets: fake sockets it opens are seen by the
+    /// hub like real ones, and what the hub sends them is recorded. For tests that call
+    /// methods without a socket ([`call`](Self::call)) and check what the hub pushed.
+    pub fn recorder(&self) -> HubLog {
+        HubLog::new(Arc::clone(&self.inner.registry))
     }
 
     /// The axum router serving `GET /ws` ([`WS_PATH`]) with Nameko's protocol. Merge it

@@ -1,6 +1,7 @@
 //! `#[ws_rpc]` and the `WebSocketHub` over real sockets: Nameko's captured session
 //! replayed frame by frame, errors, context from the upgrade request, the hub, the
-//! message size limit, a disconnect during a call, and the per-runner name check.
+//! message size limit, a disconnect during a call, the per-runner name check, and the
+//! testing support (worker factory, harness).
 
 use std::{
     net::SocketAddr,
@@ -14,9 +15,10 @@ use std::{
 use futures_util::{SinkExt, StreamExt};
 use nameko::{
     core::{Config, RunningServices, ServiceRunner, WorkerOutcome},
-    prelude::{Dep, RemoteError, UserId, WebSocketHub},
+    prelude::{ContextData, Dep, Provider, RemoteError, UserId, WebSocketHub},
     ws::{HubError, WsServer},
 };
+use nameko_testing::ServiceHarness;
 use serde_json::{Value, json};
 use tokio::{net::TcpStream, sync::Notify};
 use tokio_tungstenite::{
@@ -450,4 +452,77 @@ async fn stopping_the_runner_closes_the_sockets() {
         Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
         other => panic!("expected a close frame, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_worker_factory_takes_a_recording_hub() {
+    let (hub, log) = WebSocketHub::recording();
+    let worker = WsDemo::worker_factory()
+        .hub(hub)
+        .gate(Dep::from_arc(Arc::new(Gate::default())))
+        .build();
+    let socket_id = log.connect();
+    assert_eq!(
+        worker.ws_subscribe(socket_id.clone(), "c".into()).await.unwrap(),
+        "subscribed to c"
+    );
+    assert_eq!(
+        worker.ws_broadcast("x".into(), "c".into(), json!(5)).await.unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        log.frames(&socket_id),
+        [json!({"type": "event", "event": "ping", "data": {"value": 5}})]
+    );
+    assert_eq!(
+        worker.ws_subscribe("gone".into(), "c".into()).await.unwrap_err(),
+        HubError::ConnectionNotFound("gone".into())
+    );
+    // Unset, the hub field is a recording hub of its own.
+    let worker = WsDemo::worker_factory()
+        .gate(Dep::from_arc(Arc::new(Gate::default())))
+        .build();
+    assert!(worker.ws_subscribe("nobody".into(), "c".into()).await.is_err());
+}
+
+#[tokio::test]
+async fn the_harness_sends_frames_without_a_socket() {
+    let gate = Arc::new(Gate::default());
+    let harness = ServiceHarness::builder::<WsDemo>()
+        .providers(|p| p.gate = Provider::fixed(Dep::from_arc(Arc::clone(&gate))))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        harness.ws_call("ws_add", "s1", json!({"a": 1, "b": 2})).await.unwrap(),
+        3
+    );
+    let err = harness.ws_call("ws_add", "s1", json!({"a": 1})).await.unwrap_err();
+    assert_eq!(err.value(), "ws_add() missing 1 required positional argument: 'b'");
+    let err = harness.ws_call("nope", "s1", json!({})).await.unwrap_err();
+    assert_eq!((err.exc_type(), err.value()), ("MethodNotFound", ""));
+    let err = harness
+        .ws_call("ws_subscribe", "s1", json!({"channel": "c"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.exc_path(), "nameko.exceptions.ConnectionNotFound");
+
+    let sockets = harness.ws_server().recorder();
+    let socket_id = sockets.connect();
+    harness
+        .ws_call("ws_subscribe", &socket_id, json!({"channel": "c"}))
+        .await
+        .unwrap();
+    harness
+        .ws_call("ws_broadcast", "s2", json!({"channel": "c", "value": 7}))
+        .await
+        .unwrap();
+    assert_eq!(
+        sockets.frames(&socket_id),
+        [json!({"type": "event", "event": "ping", "data": {"value": 7}})]
+    );
+    let data = ContextData::new().with("user_id", "ada");
+    let who = harness.ws_call_with("whoami", "s3", Value::Null, data).await.unwrap();
+    assert_eq!(who, json!({"socket_id": "s3", "user_id": "ada"}));
+    harness.stop().await;
 }
