@@ -8,6 +8,7 @@
 //! 5. [Testing](testing)
 //! 6. [Configuration](configuration)
 //! 7. [Joining a Python Nameko cluster](python_cluster)
+//! 8. [WebSockets](websockets)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -43,3 +44,6 @@ pub mod configuration {}
 ///
 #[doc = concat!("```python\n", include_str!("../../examples/greeting/python/listener.py"), "```")]
 pub mod python_cluster {}
+
+#[doc = include_str!("../guide/websockets.md")]
+pub mod websockets {}
