@@ -10,6 +10,7 @@
 //! 7. [Configuration](configuration)
 //! 8. [Joining a Python Nameko cluster](python_cluster)
 //! 9. [Timers](timers)
+//! 10. [WebSockets](websockets)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -51,3 +52,6 @@ pub mod timers {}
 ///
 #[doc = concat!("```python\n", include_str!("../../examples/greeting/python/listener.py"), "```")]
 pub mod python_cluster {}
+
+#[doc = include_str!("../guide/websockets.md")]
+pub mod websockets {}

@@ -15,6 +15,7 @@
 //! | [`context`] | context data as `nameko.*` headers |
 //! | `http` | HTTP entrypoints and the runner's web server (axum), behind the `http` feature |
 //! | [`transport`] | how extensions find the runner's broker |
+//! | `ws` | websocket RPC (`#[ws_rpc]`) and the hub on `GET /ws`, behind the `ws` feature |
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -27,5 +28,7 @@ pub mod memory;
 pub mod rpc;
 pub mod timer;
 pub mod transport;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 mod consumer;

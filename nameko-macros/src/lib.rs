@@ -109,6 +109,10 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 ///   `requeue_on_error = bool`.
 /// - `#[entrypoint(<expr>)]`: registers any `Entrypoint`; the method takes its request
 ///   as its one parameter, or none for `()`.
+/// - `#[ws_rpc]` (the facade's `ws` feature): called by websocket request frames on
+///   `GET /ws`; the first parameter is the socket id (`String`), the others bind from
+///   the frame's `data` by name as for `#[rpc]`. `#[ws_rpc(name = "...")]` renames it;
+///   names are unique per runner. It stands alone (no stacking).
 ///
 /// `#[rpc]` and `#[event_handler]` stack on a one-parameter method. The helper
 /// attributes only exist inside `#[service]`. Also registers the service with the

@@ -110,6 +110,10 @@ impl<S: Service> ServiceHarnessBuilder<S> {
         let web = self.web.unwrap_or_else(nameko_extensions::http::WebServer::detached);
         #[cfg(feature = "http")]
         let container = container.resource(Arc::new(web.clone()));
+        #[cfg(feature = "ws")]
+        let ws = nameko_extensions::ws::WsServer::new();
+        #[cfg(feature = "ws")]
+        let container = container.resource(Arc::new(ws.clone()));
         let container = container.start().await?;
         Ok(ServiceHarness {
             broker,
@@ -118,6 +122,8 @@ impl<S: Service> ServiceHarnessBuilder<S> {
             client: OnceCell::new(),
             #[cfg(feature = "http")]
             web,
+            #[cfg(feature = "ws")]
+            ws,
         })
     }
 }
@@ -167,6 +173,8 @@ pub struct ServiceHarness {
     client: OnceCell<RpcClient>,
     #[cfg(feature = "http")]
     web: nameko_extensions::http::WebServer,
+    #[cfg(feature = "ws")]
+    ws: nameko_extensions::ws::WsServer,
 }
 
 impl ServiceHarness {
@@ -328,6 +336,47 @@ impl ServiceHarness {
             method: method.to_owned(),
             reports: self.container.worker_reports(),
         }
+    }
+
+    /// Sends a websocket request frame to a `#[ws_rpc]` method without a socket (feature
+    /// `ws`): `data` is the frame's `data` (keyword arguments), `socket_id` what the
+    /// method gets as its first argument. The call is decoded, bound and run as a frame
+    /// on `GET /ws` would be, with the harness's replaced dependencies.
+    ///
+    /// # Errors
+    ///
+    /// The error the result frame would carry: `MethodNotFound`, `IncorrectSignature`,
+    /// the worker's error.
+    #[cfg(feature = "ws")]
+    pub async fn ws_call(&self, method: &str, socket_id: &str, data: Value) -> Result<Value, nameko_core::RemoteError> {
+        self.ws_call_with(method, socket_id, data, ContextData::new()).await
+    }
+
+    /// Like [`ws_call`](Self::ws_call), with the socket's context data (what a client's
+    /// upgrade request headers would give).
+    ///
+    /// # Errors
+    ///
+    /// As [`ws_call`](Self::ws_call).
+    #[cfg(feature = "ws")]
+    pub async fn ws_call_with(
+        &self,
+        method: &str,
+        socket_id: &str,
+        data: Value,
+        context: ContextData,
+    ) -> Result<Value, nameko_core::RemoteError> {
+        self.ws.call(method, socket_id, data, context).await
+    }
+
+    /// The service's websocket server (feature `ws`): serve its
+    /// [`router`](nameko_extensions::ws::WsServer::router) to test over a real socket,
+    /// open recorded fake sockets with
+    /// [`recorder`](nameko_extensions::ws::WsServer::recorder), or reach the
+    /// [`hub`](nameko_extensions::ws::WsServer::hub).
+    #[cfg(feature = "ws")]
+    pub fn ws_server(&self) -> &nameko_extensions::ws::WsServer {
+        &self.ws
     }
 
     /// Stops the service gracefully.

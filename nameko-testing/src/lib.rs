@@ -10,6 +10,10 @@
 //!   `entrypoint_waiter` ([`ServiceHarness::waiter`]), `replace_dependencies`
 //!   ([`ServiceHarnessBuilder::providers`]) and `restrict_entrypoints`
 //!   ([`ServiceHarnessBuilder::only_entrypoints`]).
+//! - Websockets (feature `ws`): `ServiceHarness::ws_call` sends a request frame to a
+//!   `#[ws_rpc]` method without a socket; `ServiceHarness::ws_server` gives the
+//!   harness's websocket server (its router, hub, and recorded fake sockets);
+//!   `WebSocketHub::recording` is the hub for worker-factory tests.
 //! - [`Once`] and [`Dummy`]: the test entrypoints of `nameko.testing.services`.
 //! - RabbitMQ tests (feature `rabbitmq`): [`RabbitMq`] reads `NAMEKO_TEST_AMQP_URI`,
 //!   skips with a printed reason when it is unset or unreachable (fails under
@@ -34,6 +38,9 @@ mod rabbitmq;
 pub use nameko_core::entrypoints::{Dummy, Once};
 #[doc(inline)]
 pub use nameko_extensions::events::{DispatchLog, EventDispatcher};
+#[cfg(feature = "ws")]
+#[doc(inline)]
+pub use nameko_extensions::ws::{HubLog, WebSocketHub};
 
 pub use self::harness::{EntrypointWaiter, FireTimerError, ServiceHarness, ServiceHarnessBuilder, WaitError};
 #[cfg(feature = "python")]

@@ -64,6 +64,9 @@ pub use nameko_core as core;
 pub use nameko_extensions::amqp;
 #[cfg(feature = "http")]
 pub use nameko_extensions::http;
+#[cfg(feature = "ws")]
+#[doc(inline)]
+pub use nameko_extensions::ws;
 pub use nameko_extensions::{broker, context, events, memory, rpc, timer};
 #[cfg(feature = "macros")]
 #[doc(inline)]
@@ -77,6 +80,9 @@ pub mod prelude {
         Outcome, Provider, RemoteError, Resources, Service, ServiceContainer, ServiceRunner, WorkerContext,
         deps::{AuthToken, Dep, Language, Lazy, Settings, UserAgent, UserId},
     };
+    #[cfg(feature = "ws")]
+    #[doc(no_inline)]
+    pub use nameko_extensions::ws::WebSocketHub;
 }
 
 /// What generated code reaches the runtime through. Not public API: it changes
@@ -88,6 +94,8 @@ pub mod __private {
         Dependencies, Dependency, DependencyError, Entrypoints, HandlerError, HandlerResult, IntoHandlerError,
         Provider, ProviderSlot, Providers, RemoteError, Service, WorkerBuilder,
     };
+    #[cfg(feature = "ws")]
+    pub use ::nameko_extensions::ws::WsRpcEntrypoint;
     pub use ::nameko_extensions::{
         events::{EventHandler, HandlerType},
         rpc::{

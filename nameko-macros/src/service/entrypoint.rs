@@ -22,6 +22,8 @@ pub(crate) enum EntrypointAttr {
     Rpc(RpcAttr),
     /// `#[event_handler("source", "event_type", ...)]`.
     EventHandler(EventHandlerAttr),
+    /// `#[ws_rpc]`, `#[ws_rpc(name = "...")]`.
+    WsRpc(RpcAttr),
     /// `#[entrypoint(<expr>)]`: any `Entrypoint` value.
     Custom(CustomAttr),
     /// `#[timer(interval = "30s")]`, `#[timer(cron = "...")]` (in `super::timer`).
@@ -57,7 +59,7 @@ pub(crate) struct CustomAttr {
     entrypoint: Expr,
 }
 
-const NAMES: &[&str] = &["rpc", "event_handler", "entrypoint", "timer", "http"];
+const NAMES: &[&str] = &["rpc", "event_handler", "entrypoint", "timer", "http", "ws_rpc"];
 
 /// Reads and strips the entrypoint attributes from `attrs`.
 pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr> {
@@ -68,6 +70,7 @@ pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr>
         };
         let parsed = match *name {
             "rpc" => rpc(attr).map(EntrypointAttr::Rpc),
+            "ws_rpc" => ws_rpc(attr).map(EntrypointAttr::WsRpc),
             "event_handler" => event_handler(attr).map(EntrypointAttr::EventHandler),
             "timer" => super::timer::parse(attr).map(EntrypointAttr::Timer),
             "http" => http(attr).map(EntrypointAttr::Http),
@@ -141,6 +144,15 @@ fn http(attr: &Attribute) -> syn::Result<HttpAttr> {
 }
 
 fn rpc(attr: &Attribute) -> syn::Result<RpcAttr> {
+    named(attr, "rpc")
+}
+
+fn ws_rpc(attr: &Attribute) -> syn::Result<RpcAttr> {
+    named(attr, "ws_rpc")
+}
+
+/// `#[kind]` or `#[kind(name = "...")]`.
+fn named(attr: &Attribute, kind: &str) -> syn::Result<RpcAttr> {
     let mut out = RpcAttr {
         attr: attr.clone(),
         name: None,
@@ -153,12 +165,15 @@ fn rpc(attr: &Attribute) -> syn::Result<RpcAttr> {
                 seen.first(&kv)?;
                 match kv.name().as_str() {
                     "name" => out.name = Some(kv.str()?),
-                    _ => return Err(args::unknown_key(&kv, "rpc", &["name"])),
+                    _ => return Err(args::unknown_key(&kv, kind, &["name"])),
                 }
             }
         }
         Meta::NameValue(nv) => {
-            return Err(syn::Error::new_spanned(nv, "write #[rpc] or #[rpc(name = \"...\")]"));
+            return Err(syn::Error::new_spanned(
+                nv,
+                format!("write #[{kind}] or #[{kind}(name = \"...\")]"),
+            ));
         }
     }
     Ok(out)
@@ -250,6 +265,7 @@ impl EntrypointAttr {
         match self {
             Self::Rpc(_) => "rpc",
             Self::EventHandler(_) => "event_handler",
+            Self::WsRpc(_) => "ws_rpc",
             Self::Custom(_) => "entrypoint",
             Self::Timer(_) => "timer",
             Self::Http(_) => "http",
@@ -259,7 +275,7 @@ impl EntrypointAttr {
     /// The name the entrypoint is registered under: the method's, or `#[rpc(name)]`.
     pub(crate) fn registered_name(&self, method: &Method) -> String {
         match self {
-            Self::Rpc(RpcAttr { name: Some(name), .. }) => name.value(),
+            Self::Rpc(RpcAttr { name: Some(name), .. }) | Self::WsRpc(RpcAttr { name: Some(name), .. }) => name.value(),
             _ => method.ident.to_string(),
         }
     }
@@ -267,7 +283,7 @@ impl EntrypointAttr {
     /// The attribute, to point errors at.
     pub(crate) fn span_tokens(&self) -> TokenStream {
         match self {
-            Self::Rpc(a) => a.attr.to_token_stream(),
+            Self::Rpc(a) | Self::WsRpc(a) => a.attr.to_token_stream(),
             Self::EventHandler(a) => a.attr.to_token_stream(),
             Self::Custom(a) => a.attr.to_token_stream(),
             Self::Timer(a) => a.span_tokens(),
@@ -285,53 +301,10 @@ impl EntrypointAttr {
         let add = quote_spanned! {method.ret_span=> entrypoints.add };
         let body = match self {
             Self::Rpc(_) => {
-                let tys: Vec<_> = method.params.iter().map(|param| &param.ty).collect();
-                let deserialize = tys
-                    .iter()
-                    .map(|ty| quote_spanned! {ty.span()=> let _ = __assert_deserialize::<#ty>; });
-                let serialize = quote_spanned! {method.ret_span=> let _ = __assert_serialize::<#ok>; };
-                let decode = if method.params.is_empty() {
-                    quote! {
-                        args.bind(method, &[])?;
-                        ::core::result::Result::Ok(Self())
-                    }
-                } else {
-                    let params = method.params.iter().map(|param| {
-                        let wire = &param.wire;
-                        if param.is_optional() {
-                            quote!(#p::Param::optional(#wire))
-                        } else {
-                            quote!(#p::Param::required(#wire))
-                        }
-                    });
-                    let values = method.params.iter().map(|param| {
-                        let (wire, ty) = (&param.wire, &param.ty);
-                        let decode = args::respan(quote!(#p::decode_arg::<#ty>), ty.span());
-                        quote!(#decode(method, #wire, values.next().unwrap_or_default())?)
-                    });
-                    quote! {
-                        let mut values = args.bind(method, &[ #( #params ),* ])?.into_iter();
-                        ::core::result::Result::Ok(Self( #( #values ),* ))
-                    }
-                };
-                let indices = (0..method.params.len()).map(syn::Index::from);
-                let handler = method.handler(&p, quote!(args: __Args), quote!( #( args.#indices ),* ));
-                let rpc_entrypoint = args::respan(quote!(#p::RpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
-                quote! {
-                    #( #deserialize )*
-                    #serialize
-                    struct __Args( #( #tys ),* );
-                    impl #p::FromRpcArgs for __Args {
-                        fn from_rpc_args(
-                            args: #p::RpcArgs,
-                            method: &str,
-                        ) -> ::core::result::Result<Self, #p::RemoteError> {
-                            #decode
-                        }
-                    }
-                    #add(#name, #rpc_entrypoint, #handler);
-                }
+                let entrypoint = args::respan(quote!(#p::RpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
+                args_entrypoint(method, &p, &name, &add, &ok, &entrypoint)
             }
+            Self::WsRpc(_) => ws_rpc_entrypoint(cx, method, &p, &name, &add, &ok)?,
             Self::EventHandler(attr) => {
                 let [param] = method.params.as_slice() else {
                     cx.error_spanned_by(
@@ -435,4 +408,82 @@ impl EntrypointAttr {
             }
         })
     }
+}
+
+/// The registration of an entrypoint whose request binds the method's parameters from
+/// RPC arguments (`#[rpc]`, `#[ws_rpc]`): a `__Args` tuple struct implementing
+/// `FromRpcArgs`, and `entrypoint` (an expression of an entrypoint over `__Args`).
+fn args_entrypoint(
+    method: &Method,
+    p: &TokenStream,
+    name: &LitStr,
+    add: &TokenStream,
+    ok: &TokenStream,
+    entrypoint: &TokenStream,
+) -> TokenStream {
+    let tys: Vec<_> = method.params.iter().map(|param| &param.ty).collect();
+    let deserialize = tys
+        .iter()
+        .map(|ty| quote_spanned! {ty.span()=> let _ = __assert_deserialize::<#ty>; });
+    let serialize = quote_spanned! {method.ret_span=> let _ = __assert_serialize::<#ok>; };
+    let decode = if method.params.is_empty() {
+        quote! {
+            args.bind(method, &[])?;
+            ::core::result::Result::Ok(Self())
+        }
+    } else {
+        let params = method.params.iter().map(|param| {
+            let wire = &param.wire;
+            if param.is_optional() {
+                quote!(#p::Param::optional(#wire))
+            } else {
+                quote!(#p::Param::required(#wire))
+            }
+        });
+        let values = method.params.iter().map(|param| {
+            let (wire, ty) = (&param.wire, &param.ty);
+            let decode = args::respan(quote!(#p::decode_arg::<#ty>), ty.span());
+            quote!(#decode(method, #wire, values.next().unwrap_or_default())?)
+        });
+        quote! {
+            let mut values = args.bind(method, &[ #( #params ),* ])?.into_iter();
+            ::core::result::Result::Ok(Self( #( #values ),* ))
+        }
+    };
+    let indices = (0..method.params.len()).map(syn::Index::from);
+    let handler = method.handler(p, quote!(args: __Args), quote!( #( args.#indices ),* ));
+    quote! {
+        #( #deserialize )*
+        #serialize
+        struct __Args( #( #tys ),* );
+        impl #p::FromRpcArgs for __Args {
+            fn from_rpc_args(
+                args: #p::RpcArgs,
+                method: &str,
+            ) -> ::core::result::Result<Self, #p::RemoteError> {
+                #decode
+            }
+        }
+        #add(#name, #entrypoint, #handler);
+    }
+}
+
+/// `#[ws_rpc]`: like `#[rpc]`, with the socket id bound to the first parameter.
+fn ws_rpc_entrypoint(
+    cx: &Ctxt,
+    method: &Method,
+    p: &TokenStream,
+    name: &LitStr,
+    add: &TokenStream,
+    ok: &TokenStream,
+) -> Option<TokenStream> {
+    if method.params.is_empty() {
+        cx.error_spanned_by(
+            &method.ident,
+            "a #[ws_rpc] method takes the socket id first: `async fn name(&self, socket_id: String, ...)`",
+        );
+        return None;
+    }
+    let entrypoint = args::respan(quote!(#p::WsRpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
+    Some(args_entrypoint(method, p, name, add, ok, &entrypoint))
 }

@@ -77,13 +77,24 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
         let renamed = renames.iter().any(Option::is_some);
         if attrs.is_empty() {
             if renamed {
-                cx.error_spanned_by(&f.sig.ident, "#[arg] renames parameters of #[rpc] methods only");
+                cx.error_spanned_by(
+                    &f.sig.ident,
+                    "#[arg] renames parameters of #[rpc] and #[ws_rpc] methods only",
+                );
             }
             continue;
         }
-        if renamed && !attrs.iter().any(|a| matches!(a, EntrypointAttr::Rpc(_))) {
-            cx.error_spanned_by(&f.sig.ident, "#[arg] renames parameters of #[rpc] methods only");
+        if renamed
+            && !attrs
+                .iter()
+                .any(|a| matches!(a, EntrypointAttr::Rpc(_) | EntrypointAttr::WsRpc(_)))
+        {
+            cx.error_spanned_by(
+                &f.sig.ident,
+                "#[arg] renames parameters of #[rpc] and #[ws_rpc] methods only",
+            );
         }
+        check_ws_rpc_alone(&cx, &attrs);
         let patterns = attrs.iter().all(|a| matches!(a, EntrypointAttr::Http(_)));
         let Some(method) = Method::check(&cx, &f.sig, renames, patterns) else {
             continue;
@@ -129,6 +140,19 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
         #p::submit_service!(#self_ty);
     })
+}
+
+/// `#[ws_rpc]` stands alone: a websocket method takes the socket id first, which no
+/// other entrypoint provides.
+fn check_ws_rpc_alone(cx: &Ctxt, attrs: &[EntrypointAttr]) {
+    if attrs.len() > 1
+        && let Some(ws) = attrs.iter().find(|a| matches!(a, EntrypointAttr::WsRpc(_)))
+    {
+        cx.error_spanned_by(
+            ws.span_tokens(),
+            "#[ws_rpc] stands alone: a websocket method cannot also carry another entrypoint attribute",
+        );
+    }
 }
 
 /// The impl block with the helper attributes stripped, re-emitted beside compile errors
@@ -214,5 +238,43 @@ mod tests {
         assert!(out.contains("HandlerType :: Singleton"), "{out}");
         assert!(out.contains("Param :: required (\"type\")"), "{out}");
         assert!(!out.contains("# [rpc]") && !out.contains("# [arg"), "{out}");
+    }
+
+    #[test]
+    fn ws_rpc_takes_the_socket_id_and_stands_alone() {
+        let errors = errors(
+            quote!(name = "svc"),
+            quote! {
+                impl Svc {
+                    #[ws_rpc]
+                    async fn a(&self) -> Result<(), E> { Ok(()) }
+                    #[ws_rpc]
+                    #[rpc]
+                    async fn b(&self, socket_id: String) -> Result<(), E> { Ok(()) }
+                }
+            },
+        );
+        assert_eq!(
+            errors,
+            [
+                "a #[ws_rpc] method takes the socket id first: `async fn name(&self, socket_id: String, ...)`",
+                "#[ws_rpc] stands alone: a websocket method cannot also carry another entrypoint attribute",
+            ]
+        );
+        let out = expand(
+            quote!(name = "svc"),
+            quote! {
+                impl Svc {
+                    #[ws_rpc(name = "join")]
+                    async fn join_room(&self, socket_id: String, #[arg(name = "room")] r: String) -> Result<(), E> { Ok(()) }
+                }
+            },
+        )
+        .unwrap()
+        .to_string();
+        assert!(out.contains("WsRpcEntrypoint :: < __Args"), "{out}");
+        assert!(out.contains("Param :: required (\"socket_id\")"), "{out}");
+        assert!(out.contains("Param :: required (\"room\")"), "{out}");
+        assert!(out.contains("(\"join\""), "{out}");
     }
 }

@@ -557,7 +557,7 @@ async fn user_routes_and_layers_are_merged() {
     let web = WebServer::new()
         .merge(Router::new().route("/version", routing::get(|| async { "1.0" })))
         .map_router(|router| {
-            router.layer(nameko::http::axum::middleware::map_response(
+            router.layer(axum::middleware::map_response(
                 |mut response: nameko::http::Response| async move {
                     response.headers_mut().insert("x-layered", "yes".parse().unwrap());
                     response
@@ -598,7 +598,7 @@ async fn a_detached_router_is_mounted_in_the_users_own_app() {
         .fallback_service(web.router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { nameko::http::axum::serve(listener, app).await });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
     assert_eq!(get(addr, "/mine").await.text(), "my route");
     assert_eq!(get(addr, "/users/7").await.text(), "Ada");
     server.abort();
@@ -622,7 +622,7 @@ async fn the_harness_calls_routes_without_a_socket() {
     let response = harness.http(request).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-trace-id"], "harness");
-    let body = nameko::http::axum::body::to_bytes(response.into_body(), 1024)
+    let body = axum::body::to_bytes(response.into_body(), 1024)
         .await
         .unwrap();
     assert_eq!(&body[..], b"Ada");

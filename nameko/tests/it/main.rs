@@ -5,3 +5,5 @@ mod interop;
 mod macros;
 mod standalone;
 mod timer;
+#[cfg(feature = "ws")]
+mod ws;
