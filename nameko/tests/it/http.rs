@@ -622,9 +622,7 @@ async fn the_harness_calls_routes_without_a_socket() {
     let response = harness.http(request).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-trace-id"], "harness");
-    let body = axum::body::to_bytes(response.into_body(), 1024)
-        .await
-        .unwrap();
+    let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
     assert_eq!(&body[..], b"Ada");
     assert_eq!(harness.web_server().local_addr(), None);
     harness.stop().await;
