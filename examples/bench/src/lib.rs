@@ -7,7 +7,7 @@
 //!
 //! - [`Bench`] serves `echo(x)` → `x`, `sleep(ms)` → `ms` after an async sleep,
 //!   `ping_stats()` → `{"count": n, "last": <epoch seconds>}`, and counts `loadgen`'s
-//!   `ping` events in `on_ping`. (`GET /echo/{v}` comes with the HTTP entrypoint.)
+//!   `ping` events in `on_ping`; `GET /echo/{v}` answers `v` over HTTP.
 //! - [`load`] runs the scenarios (`seq`, `conc`, `sleep`, `events`) against any
 //!   [`load::Caller`] and prints `key=value` lines.
 //! - [`client::NamekoClient`] is the nameko-rs caller (`ClusterRpc::connect` and a
