@@ -224,7 +224,7 @@ async fn python_calls_the_binary_over_rabbitmq() {
     let Some(rabbit) = RabbitMq::from_env().await else {
         return;
     };
-    for service in ["greeting", "listen", "python_listener"] {
+    for service in ["greeting", "listen", "web", "python_listener"] {
         rabbit.claim_service(service);
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
