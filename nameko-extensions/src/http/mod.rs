@@ -20,7 +20,7 @@
 
 mod edge;
 mod entrypoint;
-mod server;
+pub(crate) mod server;
 
 pub use axum;
 #[doc(no_inline)]

@@ -269,18 +269,7 @@ impl WebServer {
                 })?
             }
         };
-        if let Some(value) = config.get(MAX_BODY_SIZE_KEY).filter(|v| !v.is_null()) {
-            let limit = value
-                .as_u64()
-                .and_then(|limit| usize::try_from(limit).ok())
-                .filter(|limit| *limit > 0)
-                .ok_or_else(|| {
-                    SetupError::new(format!(
-                        "config `{MAX_BODY_SIZE_KEY}` ({}): expected a size in bytes above 0, found {}",
-                        value.location(),
-                        value.to_json()
-                    ))
-                })?;
+        if let Some(limit) = byte_size(config, MAX_BODY_SIZE_KEY)? {
             self.inner.limit.0.store(limit, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(Settings {
@@ -627,6 +616,31 @@ impl Entry {
     }
 }
 
+/// A size in bytes above 0 set under `key` (web server and websocket limits); `None`
+/// when it is not set.
+///
+/// # Errors
+///
+/// When it is set to anything else; the error names the key, where it was set and the
+/// value.
+pub(crate) fn byte_size(config: &nameko_core::Config, key: &str) -> Result<Option<usize>, SetupError> {
+    let Some(value) = config.get(key).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    value
+        .as_u64()
+        .and_then(|limit| usize::try_from(limit).ok())
+        .filter(|limit| *limit > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            SetupError::new(format!(
+                "config `{key}` ({}): expected a size in bytes above 0, found {}",
+                value.location(),
+                value.to_json()
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,6 +654,19 @@ mod tests {
         let err = parse_address("localhost").unwrap_err();
         assert!(err.contains("`localhost` is not an address"), "{err}");
         assert!(parse_address("host:99999").is_err());
+    }
+
+    #[test]
+    fn byte_sizes_are_positive_integers() {
+        let config = nameko_core::Config::from_yaml_str("A: 1024\nB: 0\nC: big\nD: null\n").unwrap();
+        assert_eq!(byte_size(&config, "A").unwrap(), Some(1024));
+        assert_eq!(byte_size(&config, "D").unwrap(), None);
+        assert_eq!(byte_size(&config, "E").unwrap(), None);
+        for key in ["B", "C"] {
+            let err = byte_size(&config, key).unwrap_err().to_string();
+            assert!(err.contains(&format!("config `{key}`")), "{err}");
+            assert!(err.contains("expected a size in bytes above 0"), "{err}");
+        }
     }
 
     #[test]

@@ -140,18 +140,7 @@ impl WsServer {
         let server = WsServer::clone(&server);
         cx.claim_config_key(MAX_MESSAGE_SIZE_KEY);
         if server.inner.configured.get().is_none() {
-            if let Some(value) = cx.config().get(MAX_MESSAGE_SIZE_KEY).filter(|v| !v.is_null()) {
-                let limit = value
-                    .as_u64()
-                    .and_then(|limit| usize::try_from(limit).ok())
-                    .filter(|limit| *limit > 0)
-                    .ok_or_else(|| {
-                        SetupError::new(format!(
-                            "config `{MAX_MESSAGE_SIZE_KEY}` ({}): expected a size in bytes above 0, found {}",
-                            value.location(),
-                            value.to_json()
-                        ))
-                    })?;
+            if let Some(limit) = crate::http::server::byte_size(cx.config(), MAX_MESSAGE_SIZE_KEY)? {
                 server.inner.max_message_size.store(limit, Ordering::Relaxed);
             }
             let _ = server.inner.configured.set(());
