@@ -145,8 +145,8 @@ pub struct AmqpBroker {
 struct Inner {
     connection: Connection,
     uri: AmqpUri,
-    /// Opens the publisher channel, one publish at a time.
-    publisher: AsyncMutex<Option<Channel>>,
+    /// Held while a publish opens the publisher channel.
+    publisher: AsyncMutex<()>,
     /// The open publisher channel, read without waiting by every publish.
     publisher_open: Mutex<Option<Channel>>,
     events: broadcast::Sender<ConnectionEvent>,
@@ -355,7 +355,7 @@ impl AmqpBroker {
         let inner = Arc::new(Inner {
             connection,
             uri: uri.clone(),
-            publisher: AsyncMutex::new(None),
+            publisher: AsyncMutex::new(()),
             publisher_open: Mutex::new(None),
             events: events.clone(),
             down: Mutex::new(None),
@@ -612,40 +612,33 @@ impl Inner {
         }
     }
 
-    /// The channel in `slot`, or a new one when it is missing or closed.
-    async fn channel(&self, slot: &mut Option<Channel>, confirms: bool) -> Result<Channel, BrokerError> {
-        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
-            return Ok(channel.clone());
-        }
-        *slot = None;
-        let channel = self.connection.create_channel().await.map_err(|e| self.error(&e))?;
-        if confirms {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| self.error(&e))?;
-        }
-        *slot = Some(channel.clone());
-        Ok(channel)
-    }
-
     /// The publisher channel in confirm mode: the open one without waiting (publishes
     /// run side by side), or a new one, opened by one publish while the others wait.
     async fn publisher_channel(&self) -> Result<Channel, BrokerError> {
-        let open = self
-            .publisher_open
+        if let Some(channel) = self.open_publisher() {
+            return Ok(channel);
+        }
+        let _opening = self.publisher.lock().await;
+        // Another publish may have opened it while this one waited.
+        if let Some(channel) = self.open_publisher() {
+            return Ok(channel);
+        }
+        let channel = self.connection.create_channel().await.map_err(|e| self.error(&e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| self.error(&e))?;
+        *self.publisher_open.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel.clone());
+        Ok(channel)
+    }
+
+    fn open_publisher(&self) -> Option<Channel> {
+        self.publisher_open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .filter(|c| c.status().connected())
-            .cloned();
-        if let Some(channel) = open {
-            return Ok(channel);
-        }
-        let mut slot = self.publisher.lock().await;
-        let channel = self.channel(&mut slot, true).await?;
-        *self.publisher_open.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel.clone());
-        Ok(channel)
+            .cloned()
     }
 
     async fn run_declare(&self, channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
