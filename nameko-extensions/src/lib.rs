@@ -32,3 +32,4 @@ pub mod transport;
 pub mod ws;
 
 mod consumer;
+mod slot;

@@ -11,6 +11,7 @@ use crate::{
     broker::{Binding as QueueBinding, Delivery, Queue, Topology},
     consumer::{DeliveryHandler, QueueConsumer, settle},
     context::context_from_headers,
+    slot::reserve_unless_stopped,
     transport,
 };
 
@@ -285,13 +286,8 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> DeliveryHandl
                 }
             };
             let data = context_from_headers(delivery.properties.headers.as_ref());
-            let slot = tokio::select! {
-                biased;
-                () = stopping.cancelled() => return settle(delivery.nack(true).await, "event"),
-                slot = binding.reserve() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => return settle(delivery.nack(true).await, "event"),
-                },
+            let Some(slot) = reserve_unless_stopped(&binding, &stopping).await else {
+                return settle(delivery.nack(true).await, "event");
             };
             // Settled in the worker's own task, once it finished.
             slot.start_then(request, data, Extensions::new(), move |result| async move {

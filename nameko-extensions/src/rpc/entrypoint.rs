@@ -26,6 +26,7 @@ use crate::{
     },
     consumer::{DeliveryHandler, QueueConsumer, settle},
     context::context_from_headers,
+    slot::reserve_unless_stopped,
     transport,
 };
 
@@ -68,13 +69,8 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> RpcMethod for Method<Re
                 Ok(request) => request,
                 Err(err) => return pending.finish(Handled::Reply(Err(err))).await,
             };
-            let slot = tokio::select! {
-                biased;
-                () = stopping.cancelled() => return pending.finish(Handled::Requeue).await,
-                slot = binding.reserve() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => return pending.finish(Handled::Requeue).await,
-                },
+            let Some(slot) = reserve_unless_stopped(&binding, &stopping).await else {
+                return pending.finish(Handled::Requeue).await;
             };
             slot.start_then(request, data, Extensions::new(), move |result| {
                 let handled = match result {

@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::interval::{InvalidInterval, parse_interval};
 use self::{interval::IntervalPlan, singleton::Election};
-use crate::transport;
+use crate::{slot::reserve_unless_stopped, transport};
 
 /// What an interval timer does with the ticks that fell due while its previous tick
 /// still ran (ticks never overlap).
@@ -150,13 +150,8 @@ impl Tick {
     /// the timer should end: stopped before the worker started, or the container
     /// refuses work.
     async fn fire(&self, stop: &CancellationToken) -> bool {
-        let slot = tokio::select! {
-            biased;
-            () = stop.cancelled() => return false,
-            slot = self.binding.reserve() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return false,
-            },
+        let Some(slot) = reserve_unless_stopped(&self.binding, stop).await else {
+            return false;
         };
         let handle = slot.start((), ContextData::new());
         let call_id = handle.call_id().to_owned();
