@@ -46,18 +46,17 @@ pub struct TraceId(pub String);
 impl TraceId {
     /// The trace id of a request with `headers`: adopted if valid, new otherwise.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let adopted = headers
-            .get(TRACE_ID_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| is_valid_trace_id(id))
-            .or_else(|| {
-                headers
-                    .get("traceparent")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(trace_id_from_traceparent)
-            });
-        Self(adopted.map_or_else(new_trace_id, str::to_owned))
+        Self(adopted_trace_id(headers).map_or_else(new_trace_id, str::to_owned))
     }
+}
+
+/// The trace id `headers` carry, if valid: `X-Trace-Id`, else the trace-id part of a
+/// W3C `traceparent`.
+pub(crate) fn adopted_trace_id(headers: &HeaderMap) -> Option<&str> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    header(TRACE_ID_HEADER.as_str())
+        .filter(|id| is_valid_trace_id(id))
+        .or_else(|| header("traceparent").and_then(trace_id_from_traceparent))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for TraceId {

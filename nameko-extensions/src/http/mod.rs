@@ -18,7 +18,7 @@
 //! - **The server**: one per runner; see [`WebServer`] for its address, your own
 //!   routes and layers, and mounting its router in your own app.
 
-mod edge;
+pub(crate) mod edge;
 mod entrypoint;
 pub(crate) mod server;
 

@@ -21,7 +21,7 @@ use axum::{
     response::Response,
     routing::get,
 };
-use nameko_core::{ContextData, RemoteError, SetupContext, SetupError, TRACE_ID_KEY, is_valid_trace_id};
+use nameko_core::{ContextData, RemoteError, SetupContext, SetupError, TRACE_ID_KEY};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -416,13 +416,7 @@ pub(crate) fn context_from_upgrade(headers: &HeaderMap) -> ContextData {
             data.insert(key, value);
         }
     }
-    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let trace_id = header("x-trace-id").filter(|id| is_valid_trace_id(id)).or_else(|| {
-        header("traceparent")
-            .and_then(|parent| parent.split('-').nth(1))
-            .filter(|id| is_valid_trace_id(id))
-    });
-    if let Some(trace_id) = trace_id {
+    if let Some(trace_id) = crate::http::edge::adopted_trace_id(headers) {
         data.insert(TRACE_ID_KEY, trace_id);
     }
     data
