@@ -15,7 +15,6 @@ use nameko_core::{
     Binding, ContextData, Entrypoint, Extension, Extensions, RemoteError, SetupContext, SetupError, WorkerError,
 };
 use serde::Serialize;
-use serde_json::Value;
 use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 
 use super::{FromRpcArgs, RpcArgs, rpc_queue};
@@ -32,7 +31,8 @@ use crate::{
 
 /// The outcome of handling one request.
 enum Handled {
-    Reply(Result<Value, RemoteError>),
+    /// The reply's body, serialized once, straight from the worker's result.
+    Reply(Vec<u8>),
     /// The worker never ran (stopping) or was killed: the request goes back.
     Requeue,
 }
@@ -67,18 +67,16 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> RpcMethod for Method<Re
             // Decoded before a worker slot is taken: bad calls never hold one.
             let request = match Req::from_rpc_args(args, binding.info().method()) {
                 Ok(request) => request,
-                Err(err) => return pending.finish(Handled::Reply(Err(err))).await,
+                Err(err) => return pending.finish(Handled::Reply(reply_body::<()>(Err(err)))).await,
             };
             let Some(slot) = reserve_unless_stopped(&binding, &stopping).await else {
                 return pending.finish(Handled::Requeue).await;
             };
             slot.start_then(request, data, Extensions::new(), move |result| {
                 let handled = match result {
-                    Ok(value) => Handled::Reply(
-                        serde_json::to_value(value).map_err(|err| RemoteError::unserializable_value(&format!("{err}"))),
-                    ),
+                    Ok(value) => Handled::Reply(reply_body(Ok(&value))),
                     Err(WorkerError::Killed | WorkerError::NotStarted(_)) => Handled::Requeue,
-                    Err(err) => Handled::Reply(Err(err.to_remote_error())),
+                    Err(err) => Handled::Reply(reply_body::<()>(Err(err.to_remote_error()))),
                 };
                 pending.finish(handled)
             });
@@ -100,8 +98,8 @@ impl Pending {
         let delivery = &self.delivery;
         match handled {
             Handled::Requeue => settle(delivery.nack(true).await, "message"),
-            Handled::Reply(result) => {
-                if self.consumer.reply(delivery, &self.reply_to, result).await {
+            Handled::Reply(body) => {
+                if self.consumer.reply(delivery, &self.reply_to, body).await {
                     settle(delivery.ack().await, "message");
                 } else {
                     settle(delivery.nack(true).await, "message");
@@ -189,17 +187,7 @@ impl RpcConsumer {
             .cloned()
     }
 
-    async fn reply(&self, request: &Delivery, reply_to: &str, result: Result<Value, RemoteError>) -> bool {
-        let (result, error) = match result {
-            Ok(value) => (value, None),
-            Err(err) => (Value::Null, Some(err)),
-        };
-        #[derive(Serialize)]
-        struct Reply {
-            result: Value,
-            error: Option<RemoteError>,
-        }
-        let body = serde_json::to_vec(&Reply { result, error }).expect("JSON values always serialize");
+    async fn reply(&self, request: &Delivery, reply_to: &str, body: Vec<u8>) -> bool {
         let mut properties = Properties::json(Headers::new());
         properties.correlation_id = request.properties.correlation_id.clone();
         let message = Publish {
@@ -259,10 +247,38 @@ impl RpcConsumer {
             }
             Err(err) => {
                 tracing::warn!(routing_key = %pending.delivery.routing_key, error = %err, "bad RPC request");
-                pending.finish(Handled::Reply(Err(err))).await;
+                pending.finish(Handled::Reply(reply_body::<()>(Err(err)))).await;
             }
         }
     }
+}
+
+/// A reply's body, `{"result": .., "error": ..}`, serialized once. A result that
+/// cannot be serialized becomes Nameko's `UnserializableValueError`.
+fn reply_body<T: Serialize>(result: Result<&T, RemoteError>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Reply<'a, T> {
+        result: Option<&'a T>,
+        error: Option<RemoteError>,
+    }
+    let reply = match result {
+        Ok(value) => Reply {
+            result: Some(value),
+            error: None,
+        },
+        Err(err) => Reply {
+            result: None,
+            error: Some(err),
+        },
+    };
+    serde_json::to_vec(&reply).unwrap_or_else(|err| {
+        let error = RemoteError::unserializable_value(&format!("{err}"));
+        serde_json::to_vec(&Reply::<()> {
+            result: None,
+            error: Some(error),
+        })
+        .expect("an error always serializes")
+    })
 }
 
 /// Checks content type and body; returns the arguments.
@@ -387,5 +403,41 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Entrypoint for RpcEntry
 
     fn bind(&mut self, binding: Binding<Req, Resp>) {
         self.binding = Some(binding);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn a_reply_body_is_result_then_error() {
+        let ok = reply_body(Ok(&serde_json::json!({"b": 1, "a": [1, 2]})));
+        assert_eq!(
+            String::from_utf8(ok).unwrap(),
+            r#"{"result":{"a":[1,2],"b":1},"error":null}"#
+        );
+        let err = reply_body::<()>(Err(RemoteError::method_not_found("nope")));
+        let err: serde_json::Value = serde_json::from_slice(&err).unwrap();
+        assert_eq!(err["result"], serde_json::Value::Null);
+        assert_eq!(err["error"]["exc_type"], "MethodNotFound");
+    }
+
+    #[test]
+    fn a_result_that_cannot_be_serialized_becomes_unserializable_value_error() {
+        // JSON object keys must be strings: a tuple key fails half-way through.
+        let value = BTreeMap::from([((1, 2), "x")]);
+        let body: serde_json::Value = serde_json::from_slice(&reply_body(Ok(&value))).unwrap();
+        assert_eq!(body["result"], serde_json::Value::Null);
+        assert_eq!(body["error"]["exc_type"], "UnserializableValueError");
+        assert_eq!(body["error"]["exc_path"], "nameko.exceptions.UnserializableValueError");
+        assert!(
+            body["error"]["value"]
+                .as_str()
+                .unwrap()
+                .contains("key must be a string")
+        );
     }
 }
