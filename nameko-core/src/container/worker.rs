@@ -117,6 +117,16 @@ impl<S: Service> Core<S> {
 
     /// Waits for a permit of `semaphore`, unless the container stops or is killed first.
     async fn acquire(&self, semaphore: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, SpawnError> {
+        if self.killed.is_cancelled() {
+            return Err(SpawnError::Killed);
+        }
+        if self.stopping.is_cancelled() {
+            return Err(SpawnError::Stopping);
+        }
+        // A free permit needs no waiting: nothing to race against stop and kill.
+        if let Ok(permit) = Arc::clone(semaphore).try_acquire_owned() {
+            return Ok(permit);
+        }
         tokio::select! {
             biased;
             () = self.killed.cancelled() => Err(SpawnError::Killed),
@@ -166,12 +176,6 @@ where
             // Holding a tracker token from here on keeps a concurrent `stop` waiting for
             // this spawn to either start its worker or give up.
             let token = core.tracker.token();
-            if core.killed.is_cancelled() {
-                return Err(SpawnError::Killed);
-            }
-            if core.stopping.is_cancelled() {
-                return Err(SpawnError::Stopping);
-            }
             let own = match &self.own_permits {
                 Some(semaphore) => Some(core.acquire(semaphore).await?),
                 None => None,
@@ -209,11 +213,11 @@ where
                 call_id = %cx.call_id(),
                 trace_id = %cx.trace_id(),
             );
-            let killed = core.killed.clone();
+            // Borrowed, not cloned: a token's clone and drop each lock its shared node.
             let lifecycle = run_lifecycle(&core, &*handler, &cx, request).instrument(span);
             let result = tokio::select! {
                 biased;
-                () = killed.cancelled() => Err(WorkerError::Killed),
+                () = core.killed.cancelled() => Err(WorkerError::Killed),
                 result = lifecycle => result,
             };
             drop(permits);

@@ -1,17 +1,16 @@
 //! What every request and response goes through, before any route: the trace id, the
 //! body size limit, and the JSON error body.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    future::Future,
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use axum::{
     Json,
     body::Body,
-    extract::{FromRequestParts, Request, State},
+    extract::{FromRequestParts, Request},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use nameko_core::{RemoteError, SpawnError, WorkerError, is_valid_trace_id};
@@ -119,11 +118,13 @@ fn too_large(limit: usize) -> Response {
     )
 }
 
-/// The edge middleware: trace id in and out, body limit, JSON 413.
-pub(crate) async fn edge(State(limit): State<Arc<Limit>>, mut request: Request, next: Next) -> Response {
+/// The edge: trace id in and out, body limit, JSON 413, around whatever `app` serves.
+pub(crate) async fn edge<F>(limit: usize, mut request: Request, app: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let trace_id = TraceId::from_headers(request.headers());
     let header = HeaderValue::from_str(&trace_id.0).expect("valid trace ids are valid header values");
-    let limit = limit.get();
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -134,7 +135,7 @@ pub(crate) async fn edge(State(limit): State<Arc<Limit>>, mut request: Request, 
     } else {
         request.extensions_mut().insert(trace_id);
         let request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
-        let response = next.run(request).await;
+        let response = app(request).await;
         // An extractor that hit the limit answers 413 in plain text: say it in JSON.
         if response.status() == StatusCode::PAYLOAD_TOO_LARGE && response.extensions().get::<FromHandler>().is_none() {
             too_large(limit)

@@ -2,26 +2,27 @@
 //! other extension serving HTTP, such as the websocket hub).
 
 use std::{
+    convert::Infallible,
     fmt,
     future::Future,
     net::SocketAddr,
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{Arc, Mutex, OnceLock, RwLock, atomic::AtomicUsize},
+    task::{Context, Poll},
 };
 
 use axum::{
-    Router,
+    Router, ServiceExt as _,
     extract::{DefaultBodyLimit, Request},
     http::Method,
-    middleware::from_fn_with_state,
     response::Response,
-    routing::{MethodFilter, on},
+    routing::{MethodFilter, on_service},
 };
 use nameko_core::{Readiness, ReadinessPart, SetupContext, SetupError};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::Service;
 
 use super::edge::{self, DEFAULT_MAX_BODY_SIZE, Limit};
 use crate::transport;
@@ -74,7 +75,8 @@ struct Inner {
     limit: Arc<Limit>,
     custom: Mutex<Custom>,
     routes: Mutex<Routes>,
-    /// The framework's routes as last built; the served app calls into it.
+    /// The whole app as last built — your routes, the started entrypoints' routes, your
+    /// layers — swapped whenever they change; the edge calls into it.
     current: RwLock<Router>,
     settings: OnceLock<Settings>,
     bound: watch::Sender<Option<SocketAddr>>,
@@ -155,7 +157,7 @@ impl WebServer {
                 limit: Arc::new(Limit(AtomicUsize::new(DEFAULT_MAX_BODY_SIZE))),
                 custom: Mutex::default(),
                 routes: Mutex::default(),
-                current: RwLock::new(Router::new().fallback(edge::not_found)),
+                current: RwLock::new(compose(&Custom::default(), &[])),
                 settings: OnceLock::new(),
                 bound: watch::Sender::new(None),
                 bind_lock: tokio::sync::Mutex::new(()),
@@ -170,15 +172,19 @@ impl WebServer {
     #[must_use]
     pub fn merge(self, router: Router) -> Self {
         lock(&self.inner.custom).merged.push(router);
+        self.rebuild(&lock(&self.inner.routes));
         self
     }
 
     /// Transforms the app before it is served: add tower layers
     /// (`|router| router.layer(...)`) around every route, yours and the entrypoints'.
-    /// The trace-id and body-limit edge stays outermost.
+    /// The trace-id and body-limit edge stays outermost. `map` runs again whenever the
+    /// served routes change (an entrypoint starts or stops), so build any shared state
+    /// of your layer outside it.
     #[must_use]
     pub fn map_router(self, map: impl Fn(Router) -> Router + Send + Sync + 'static) -> Self {
         lock(&self.inner.custom).maps.push(Arc::new(map));
+        self.rebuild(&lock(&self.inner.routes));
         self
     }
 
@@ -188,27 +194,13 @@ impl WebServer {
     /// [`detached`](Self::detached) server, or call it without a socket in tests with
     /// `tower::ServiceExt::oneshot`.
     pub fn router(&self) -> Router {
-        let inner = Arc::clone(&self.inner);
-        let dynamic = move |request: Request| {
-            let router = inner.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-            async move {
-                match router.oneshot(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }
-            }
-        };
-        let custom = lock(&self.inner.custom);
-        let mut app = Router::new();
-        for router in &custom.merged {
-            app = app.merge(router.clone());
+        Router::new().fallback_service(self.edge())
+    }
+
+    fn edge(&self) -> Edge {
+        Edge {
+            inner: Arc::clone(&self.inner),
         }
-        app = app.fallback(dynamic);
-        for map in &custom.maps {
-            app = map(app);
-        }
-        app.layer(DefaultBodyLimit::disable())
-            .layer(from_fn_with_state(Arc::clone(&self.inner.limit), edge::edge))
     }
 
     /// The address the server is bound to, once it is.
@@ -327,8 +319,8 @@ impl WebServer {
             added.push(entry);
         }
         // Whatever else axum refuses, refuse it here, before anything is served.
-        let trial: Vec<Entry> = table.entries.iter().chain(&added).cloned().collect();
-        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| build(&trial))) {
+        let trial: Vec<&Entry> = table.entries.iter().chain(&added).collect();
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| compose(&Custom::default(), &trial))) {
             let message = panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -356,10 +348,12 @@ impl WebServer {
         })
     }
 
+    /// Builds the app again from the started routes and your routes and layers, and
+    /// swaps it in: requests already inside the old one finish there.
     fn rebuild(&self, table: &Routes) {
-        let started: Vec<Entry> = table.entries.iter().filter(|e| e.started).cloned().collect();
-        let router = build(&started);
-        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = router;
+        let started: Vec<&Entry> = table.entries.iter().filter(|e| e.started).collect();
+        let app = compose(&lock(&self.inner.custom), &started);
+        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = app;
     }
 
     async fn serve(&self) -> Result<(), SetupError> {
@@ -389,7 +383,7 @@ impl WebServer {
             )
         })?;
         let stop = CancellationToken::new();
-        let app = self.router();
+        let app = self.edge().into_make_service();
         let shutdown = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
@@ -453,13 +447,90 @@ impl fmt::Debug for WebServer {
     }
 }
 
-fn build(entries: &[Entry]) -> Router {
-    let mut router = Router::new();
+/// The app: your merged routes first, then the entrypoints' (a path both serve is
+/// yours), then a JSON 404; your layers around all of it. Extractors see no default
+/// body limit of axum's: the edge enforces `WEB_MAX_BODY_SIZE`.
+fn compose(custom: &Custom, entries: &[&Entry]) -> Router {
+    let mut routes = Router::new();
     for entry in entries {
-        let handler = Arc::clone(&entry.handler);
-        router = router.route(&entry.path, on(entry.filter, move |request: Request| handler(request)));
+        routes = routes.route(
+            &entry.path,
+            on_service(entry.filter, RouteService(Arc::clone(&entry.handler))),
+        );
     }
-    router.fallback(edge::not_found)
+    let routes = routes.fallback(edge::not_found);
+    let mut app = if custom.merged.is_empty() {
+        routes
+    } else {
+        let mut app = Router::new();
+        for router in &custom.merged {
+            app = app.merge(router.clone());
+        }
+        app.fallback_service(routes)
+    };
+    for map in &custom.maps {
+        app = map(app);
+    }
+    app.layer(DefaultBodyLimit::disable())
+}
+
+/// What the server serves: the edge (trace id, body limit) around the current app.
+#[derive(Clone)]
+struct Edge {
+    inner: Arc<Inner>,
+}
+
+impl Service<Request> for Edge {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let mut app = self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let limit = self.inner.limit.get();
+        Box::pin(async move {
+            Ok(edge::edge(limit, request, |request| async move {
+                match app.call(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            })
+            .await)
+        })
+    }
+}
+
+/// An entrypoint's [`RouteHandler`] as a tower service.
+#[derive(Clone)]
+struct RouteService(RouteHandler);
+
+impl Service<Request> for RouteService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Infallibly;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        Infallibly((self.0)(request))
+    }
+}
+
+/// A route handler's future, as a service's.
+struct Infallibly(Pin<Box<dyn Future<Output = Response> + Send>>);
+
+impl Future for Infallibly {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map(Ok)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
