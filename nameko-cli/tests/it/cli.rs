@@ -197,6 +197,7 @@ async fn amqp_is_the_default_and_waits_for_rabbitmq() {
         &["run", "--broker", "amqp://app:hunter2@rabbit:5672/%zz"],
     )
     .await;
+    assert_eq!(out.code, ExitCode::from(USAGE), "an invalid AMQP_URI is a config error");
     assert!(
         out.stderr
             .starts_with("error: invalid AMQP_URI amqp://app:***@rabbit:5672/%zz"),
@@ -223,7 +224,7 @@ async fn amqp_ssl_is_read_and_its_errors_are_located() {
         ],
     )
     .await;
-    assert_eq!(out.code, ExitCode::FAILURE);
+    assert_eq!(out.code, ExitCode::from(USAGE), "an invalid AMQP_SSL is a config error");
     let expected = if cfg!(feature = "amqp-tls") {
         "error: --define AMQP_SSL.cert_reqs=maybe: AMQP_SSL.cert_reqs: expected CERT_NONE, CERT_OPTIONAL or \
          CERT_REQUIRED (or 0, 1, 2), got the string \"maybe\""
@@ -444,7 +445,7 @@ async fn config_errors_are_located() {
     for verb in [&["run", "--transport", "memory"][..], &["show-config"]] {
         let args: Vec<&str> = verb.iter().copied().chain(["--config", path]).collect();
         let out = run_now(Cli::new(), &args).await;
-        assert_eq!(out.code, ExitCode::FAILURE, "{verb:?}");
+        assert_eq!(out.code, ExitCode::from(USAGE), "{verb:?}");
         assert!(
             out.stderr.starts_with(&format!("error: {path}:3:14: max_workers: ")),
             "{verb:?}: {}",
@@ -455,7 +456,7 @@ async fn config_errors_are_located() {
 
     let file = config_file("bad-syntax.yaml", "a: 1\nb: [unclosed\n");
     let out = run_now(Cli::new(), &["show-config", "--config", file.to_str().unwrap()]).await;
-    assert_eq!(out.code, ExitCode::FAILURE);
+    assert_eq!(out.code, ExitCode::from(USAGE));
     assert!(
         out.stderr.starts_with(&format!("error: {}:", file.display())),
         "{}",
@@ -463,7 +464,7 @@ async fn config_errors_are_located() {
     );
 
     let out = run_now(Cli::new(), &["show-config", "--define", "no-equals-sign"]).await;
-    assert_eq!(out.code, ExitCode::FAILURE);
+    assert_eq!(out.code, ExitCode::from(USAGE));
     assert!(
         out.stderr
             .starts_with("error: --define no-equals-sign: expected KEY=VALUE"),
@@ -472,7 +473,7 @@ async fn config_errors_are_located() {
     );
 
     let out = run_now(Cli::new(), &["show-config", "--config", "/nonexistent/config.yaml"]).await;
-    assert_eq!(out.code, ExitCode::FAILURE);
+    assert_eq!(out.code, ExitCode::from(USAGE));
     assert!(out.stderr.contains("cannot read the config file"), "{}", out.stderr);
 }
 
