@@ -5,7 +5,7 @@ pub(crate) fn examples(verb: &str, bin: &str) -> Option<String> {
     let text = match verb {
         "run" => {
             "Examples:\n  \
-             {bin} run --transport memory                   # every service, on an in-process broker\n  \
+             {bin} run --transport memory         # every service, on an in-process broker\n  \
              {bin} run greeting --broker amqp://guest:guest@localhost:5672/\n  \
              {bin} run --config config.yaml --define max_workers=4 --stop-timeout 10\n\
              The first SIGTERM or Ctrl-C stops gracefully; a second one kills."
@@ -20,8 +20,8 @@ pub(crate) fn examples(verb: &str, bin: &str) -> Option<String> {
         }
         "request" => {
             "Examples:\n  \
-             {bin} request greeting.greet '{\"name\": \"Ada\"}'     # keyword arguments\n  \
-             {bin} request greeting.greet '[\"Ada\"]'               # positional arguments\n  \
+             {bin} request greeting.greet '{\"name\": \"Ada\"}'   # keyword arguments\n  \
+             {bin} request greeting.greet '[\"Ada\"]'           # positional arguments\n  \
              {bin} request greeting.greet '{\"name\": \"Ada\"}' --context user_id=u-42 --timeout 5\n  \
              echo '{\"name\": \"Ada\"}' | {bin} request greeting.greet - --raw\n\
              The result is printed as JSON on stdout; a remote error as `exc_type: value` on\n\
@@ -36,7 +36,7 @@ pub(crate) fn examples(verb: &str, bin: &str) -> Option<String> {
         }
         "subscribe" => {
             "Examples:\n  \
-             {bin} subscribe greeting greeted                    # until Ctrl-C\n  \
+             {bin} subscribe greeting greeted             # until Ctrl-C\n  \
              {bin} subscribe greeting '*' --count 10 | jq .payload\n\
              Each event is one JSON line: {\"service\", \"event\", \"headers\", \"payload\"} (\"body\",\n\
              a string, instead of \"payload\" when the body is not JSON). The queue is exclusive\n\

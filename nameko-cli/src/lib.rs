@@ -28,6 +28,11 @@
 //!
 //! # Commands
 //!
+//! Every service binary has them all; the standalone `nameko` binary
+//! ([`Cli::standalone`]) has all but `run` and `list`, which explain how to build a
+//! service binary. `VERB --help` shows each one's options and examples; the guide's
+//! chapter "The command line" has more.
+//!
 //! - `run [SERVICE...] [--config FILE] [--define KEY=VALUE]... [--transport memory|amqp]
 //!   [--broker URI] [--stop-timeout SECS]`: runs the named services (all when none is
 //!   named). The first SIGTERM or Ctrl-C stops gracefully within `--stop-timeout`
@@ -35,6 +40,24 @@
 //! - `list`: the services built into the binary, with their entrypoints.
 //! - `show-config [--config FILE] [--define KEY=VALUE]... [--broker URI]`: the merged
 //!   configuration as YAML, passwords masked.
+//! - `request SERVICE.METHOD [JSON] [--timeout SECS] [--context KEY=VALUE]... [--raw]`:
+//!   calls a method (a JSON object gives keyword arguments, an array positional ones;
+//!   `-` reads stdin) and prints the result as indented JSON (`--raw`: compact, one
+//!   line); a remote error goes to stderr as `exc_type: value`. `--context` sends
+//!   `nameko.KEY` headers.
+//! - `emit SERVICE EVENT [JSON] [--context KEY=VALUE]...`: dispatches an event to
+//!   `SERVICE.events`, as that service's dispatcher would.
+//! - `subscribe SERVICE EVENT... [--count N]`: prints each event as a JSON line
+//!   `{"service", "event", "headers", "payload"}` until SIGTERM or Ctrl-C, through an
+//!   exclusive, auto-deleted queue of its own.
+//! - `shell`: these commands at a prompt with history and tab completion; when stdin is
+//!   not a terminal, a script read line by line (it goes on after a failure and exits
+//!   with 1 if any command failed).
+//! - `completions bash|zsh|fish`: a completion script.
+//!
+//! The client verbs (`request`, `emit`, `subscribe`, `shell`) take `--config`,
+//! `--define` and `--broker` too, and read `AMQP_URI`, `rpc_exchange`, `HEARTBEAT`
+//! and `AMQP_SSL` from the merged config.
 //!
 //! Configuration precedence: the file < `NAMEKO_<KEY>` environment variables <
 //! `--define` < `--broker`.
@@ -50,10 +73,15 @@
 //!
 //! # Exit codes
 //!
-//! `0` after a graceful stop, a signal while waiting for RabbitMQ (or a successful
-//! `list`/`show-config`); `1` when the services cannot start (config, resources hook,
-//! invalid `AMQP_URI`, unknown service, a signal during the rest of startup) or had to
-//! be killed; `2` for usage errors.
+//! `0` on success: a graceful stop, a signal while waiting for RabbitMQ, a successful
+//! command, `subscribe` stopped by a signal or `--count`. `1` for remote and runtime
+//! errors: a remote error, an unknown service, an RPC timeout, RabbitMQ unreachable
+//! for a client verb, services that cannot start (resources hook, unknown service, a
+//! signal during the rest of startup) or had to be killed, failed commands of a
+//! scripted `shell`. `2` for usage and configuration errors: an unknown verb or option,
+//! JSON that does not parse (the message gives the line, the column and what was
+//! expected), a bad config file, `--define`, `NAMEKO_*` variable, `AMQP_URI` or
+//! `AMQP_SSL`, and `run`/`list` in the standalone binary. See [`CliError::exit_code`].
 
 mod args;
 mod client;
@@ -221,7 +249,8 @@ fn rpc_message(target: &str, error: &RpcError) -> String {
     }
 }
 
-/// The command line of a service binary: `run`, `list`, `show-config`.
+/// The command line of a service binary: `run`, `list`, `show-config`, `request`,
+/// `emit`, `subscribe`, `shell`, `completions`.
 ///
 /// Build it with [`Cli::new`], give it a [`resources`](Cli::resources) hook, and end
 /// `main` with [`main`](Cli::main) (or [`run`](Cli::run) inside your own runtime).
@@ -268,8 +297,8 @@ impl Cli {
     }
 
     /// The command line of the standalone `nameko` binary, which holds no services:
-    /// `show-config` works; `run` and `list` explain that they belong to the user's own
-    /// binary and exit with 2.
+    /// every other verb works; `run` and `list` explain that they belong to the user's
+    /// own binary and exit with 2.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

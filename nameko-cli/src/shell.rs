@@ -184,6 +184,18 @@ impl Shell<'_> {
                 return Step::Next;
             }
         };
+        let reads_stdin = match &command {
+            Command::Request(request) => request.json.as_deref() == Some("-"),
+            Command::Emit(emit) => emit.json.as_deref() == Some("-"),
+            _ => false,
+        };
+        if reads_stdin {
+            let _ = writeln!(
+                err,
+                "error: `-` (JSON from standard input) cannot be used in the shell: write the JSON on the line"
+            );
+            return Step::Failed;
+        }
         let used = used_names(&command);
         match crate::execute(command, standalone, parser, signals, out, err).await {
             Ok(()) => {

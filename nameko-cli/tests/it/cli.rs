@@ -91,6 +91,62 @@ fn show_config_and_list_parse() {
 }
 
 #[test]
+fn every_service_binary_has_the_client_verbs() {
+    use nameko_cli::CompletionShell;
+
+    let Command::Request(request) = Cli::new()
+        .parse([
+            "app",
+            "request",
+            "greeting.greet",
+            "{\"name\": \"Ada\"}",
+            "--timeout",
+            "0",
+            "--context",
+            "user_id=7",
+            "--raw",
+            "--broker",
+            "amqp://h/",
+        ])
+        .unwrap()
+    else {
+        panic!("not request");
+    };
+    assert_eq!(request.target.to_string(), "greeting.greet");
+    assert_eq!(request.json.as_deref(), Some("{\"name\": \"Ada\"}"));
+    assert_eq!(request.timeout, Some(Duration::ZERO));
+    assert_eq!(request.context, [("user_id".to_owned(), serde_json::json!(7))]);
+    assert!(request.raw);
+    assert_eq!(request.config.broker.as_deref(), Some("amqp://h/"));
+    let Command::Emit(emit) = Cli::new().parse(["app", "emit", "greeting", "greeted", "{}"]).unwrap() else {
+        panic!("not emit");
+    };
+    assert_eq!((emit.service.as_str(), emit.event.as_str()), ("greeting", "greeted"));
+    let Command::Subscribe(subscribe) = Cli::new()
+        .parse(["app", "subscribe", "greeting", "greeted", "*", "-n", "3"])
+        .unwrap()
+    else {
+        panic!("not subscribe");
+    };
+    assert_eq!(
+        (subscribe.events.as_slice(), subscribe.count),
+        (&["greeted".to_owned(), "*".to_owned()][..], Some(3))
+    );
+    assert!(matches!(
+        Cli::new().parse(["app", "shell", "-d", "a=1"]).unwrap(),
+        Command::Shell(_)
+    ));
+    let Command::Completions(completions) = Cli::new().parse(["app", "completions", "zsh"]).unwrap() else {
+        panic!("not completions");
+    };
+    assert_eq!(completions.shell, CompletionShell::Zsh);
+    assert!(
+        Cli::new().parse(["app", "subscribe", "greeting"]).is_err(),
+        "an event is required"
+    );
+}
+
+#[test]
 fn memory_transport_conflicts_with_broker() {
     let err = Cli::new()
         .parse(["app", "run", "--transport", "memory", "--broker", "amqp://h/"])

@@ -734,7 +734,7 @@ async fn every_verb_has_examples_and_completions_cover_three_shells() {
 
 #[tokio::test]
 async fn the_shell_reads_a_script_without_a_broker() {
-    let script = "help\nshow-config --define max_workers=7\nlist\nshell\n";
+    let script = "help\nshow-config --define max_workers=7\nlist\nshell\nrequest a.b -\n";
     let out = nameko(
         &["shell", "--define", "max_workers=3", "--define", "EXTRA=1"],
         Some(script),
@@ -770,7 +770,13 @@ async fn the_shell_reads_a_script_without_a_broker() {
         out.stderr
     );
     assert!(
-        out.stderr.ends_with("error: 2 shell command(s) failed\n"),
+        out.stderr
+            .contains("error: `-` (JSON from standard input) cannot be used in the shell"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.ends_with("error: 3 shell command(s) failed\n"),
         "{}",
         out.stderr
     );
