@@ -438,11 +438,13 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        self.parser().parse(args)
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        self.parser(args.first()).parse(args)
     }
 
-    fn parser(&self) -> Parser {
-        Parser::new(self.name, self.version)
+    /// The parser, named after `arg0` unless [`name`](Cli::name) was given.
+    fn parser(&self, arg0: Option<&OsString>) -> Parser {
+        Parser::new(self.name, self.version, arg0)
     }
 
     /// Runs the command line `args` (the first is the program name) with shutdown
@@ -474,7 +476,9 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let command = match self.parse(args) {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let parser = self.parser(args.first());
+        let command = match parser.parse(args) {
             Ok(command) => command,
             Err(err) => {
                 let mut text = err.render().to_string();
@@ -489,7 +493,6 @@ impl Cli {
                 return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
             }
         };
-        let parser = self.parser();
         let standalone = self.standalone;
         let result = match command {
             Command::Run(run) if !standalone => self.run_services(run, &mut signals).await,

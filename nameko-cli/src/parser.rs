@@ -16,16 +16,15 @@ pub(crate) struct Parser {
 }
 
 impl Parser {
-    pub(crate) fn new(name: Option<&'static str>, version: Option<&'static str>) -> Self {
+    /// `name` if given, else the file name of `arg0` (the program), else `nameko`.
+    pub(crate) fn new(name: Option<&'static str>, version: Option<&'static str>, arg0: Option<&OsString>) -> Self {
         let bin = name.map(str::to_owned).unwrap_or_else(|| {
-            std::env::args_os()
-                .next()
-                .and_then(|arg0| {
-                    std::path::Path::new(&arg0)
-                        .file_name()
-                        .map(|name| name.to_string_lossy().into_owned())
-                })
-                .unwrap_or_else(|| "nameko".to_owned())
+            arg0.and_then(|arg0| {
+                std::path::Path::new(arg0)
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "nameko".to_owned())
         });
         Self { name, version, bin }
     }

@@ -73,6 +73,11 @@ pub(crate) async fn shell(
         let input = tokio::select! {
             input = inputs.recv() => input,
             signal = signals.next() => {
+                // A script ends at any signal; at the prompt, Ctrl-C is the line
+                // editor's and only SIGTERM ends the shell.
+                if !interactive {
+                    return Err(CliError::Cancelled(signal));
+                }
                 if signal == Signal::Terminate { break; }
                 continue;
             }
@@ -92,6 +97,7 @@ pub(crate) async fn shell(
         let shell = Shell {
             parser,
             standalone,
+            interactive,
             base: &base,
             names: &names,
             verbs: &verbs,
@@ -124,6 +130,7 @@ enum Step {
 struct Shell<'a> {
     parser: &'a Parser,
     standalone: bool,
+    interactive: bool,
     base: &'a [String],
     names: &'a Names,
     verbs: &'a [(String, String)],
@@ -143,6 +150,7 @@ impl Shell<'_> {
             base,
             names,
             verbs,
+            ..
         } = *self;
         let words = match split_line(line) {
             Ok(words) => words,
@@ -204,7 +212,9 @@ impl Shell<'_> {
             }
             Err(error) => {
                 let _ = crate::report(err, &error);
-                if matches!(error, CliError::Cancelled(Signal::Terminate)) {
+                if matches!(error, CliError::Cancelled(Signal::Terminate))
+                    || (!self.interactive && matches!(error, CliError::Cancelled(_)))
+                {
                     Step::Terminate
                 } else {
                     Step::Failed

@@ -784,3 +784,44 @@ async fn the_shell_reads_a_script_without_a_broker() {
     let out = nameko(&["shell"], Some("show-config\n"), &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn a_scripted_shell_ends_at_sigterm() {
+    let mut child = binary()
+        .args(["shell", "--define", "max_workers=5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the nameko binary starts");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"show-config\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+            .await
+            .expect("show-config answers within 30 s")
+            .unwrap()
+            .expect("the shell printed the config");
+        if line == "max_workers: 5" {
+            break;
+        }
+    }
+    // Waiting for the next line, with standard input still open.
+    let pid = child.id().unwrap().to_string();
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the shell exits within 30 s")
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr, "error: SIGTERM received: the command was cancelled\n");
+    drop(stdin);
+}
