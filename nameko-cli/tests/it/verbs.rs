@@ -241,6 +241,17 @@ impl Subscription {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
     }
 
+    /// Sends SIGTERM.
+    async fn terminate(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Waits for the process to exit; its exit code.
     async fn exit_code(mut self) -> i32 {
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
@@ -478,15 +489,23 @@ async fn verbs_talk_to_rust_and_python_services() {
 
     // ----- subscribe prints events dispatched by Rust and by Python -----
     let mut rust_events = Subscription::start(&rabbit, &[RUST, "shouted", "--count", "1"]).await;
+    let mut every_event = Subscription::start(&rabbit, &[RUST, "#"]).await;
     let out = against(&rabbit, &["request", &format!("{RUST}.shout"), r#"["ada"]"#], None).await;
     assert_eq!(out.stdout, "\"ADA\"\n", "{}", out.stderr);
-    let event = rust_events.next().await;
-    assert_eq!(event["service"], json!(RUST));
-    assert_eq!(event["event"], json!("shouted"));
-    assert_eq!(event["payload"], json!({"name": "ada"}));
-    assert!(event["headers"]["nameko.trace_id"].is_string(), "{event}");
+    for subscription in [&mut rust_events, &mut every_event] {
+        let event = subscription.next().await;
+        assert_eq!(event["service"], json!(RUST));
+        assert_eq!(event["event"], json!("shouted"));
+        assert_eq!(event["payload"], json!({"name": "ada"}));
+        assert!(event["headers"]["nameko.trace_id"].is_string(), "{event}");
+    }
     let queue = rust_events.queue.clone();
     assert_eq!(rust_events.exit_code().await, 0, "--count 1 stops after one event");
+    assert_eq!(rabbit.consumers(&queue).await.unwrap(), None, "the queue is gone");
+    // SIGTERM stops the other cleanly and leaves nothing behind.
+    let queue = every_event.queue.clone();
+    every_event.terminate().await;
+    assert_eq!(every_event.exit_code().await, 0);
     assert_eq!(rabbit.consumers(&queue).await.unwrap(), None, "the queue is gone");
 
     if python.is_some() {
@@ -498,15 +517,8 @@ async fn verbs_talk_to_rust_and_python_services() {
         assert_eq!(event["event"], json!("shouted"));
         assert_eq!(event["payload"], json!({"name": "grace"}));
         assert!(event["headers"]["nameko.call_id_stack"].is_array(), "{event}");
-        // SIGTERM stops it cleanly and leaves nothing behind.
         let queue = py_events.queue.clone();
-        let pid = py_events.child.id().unwrap().to_string();
-        let status = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
+        py_events.terminate().await;
         assert_eq!(py_events.exit_code().await, 0);
         assert_eq!(rabbit.consumers(&queue).await.unwrap(), None, "the queue is gone");
     }
