@@ -43,6 +43,10 @@ impl Parser {
         if let Some(version) = self.version {
             command = command.version(version);
         }
+        command = command.after_help(format!(
+            "`{} COMMAND --help` shows a command's options and examples.",
+            self.bin
+        ));
         let verbs: Vec<String> = command
             .get_subcommands()
             .map(|verb| verb.get_name().to_owned())

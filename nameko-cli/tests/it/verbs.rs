@@ -718,6 +718,19 @@ async fn config_precedence_file_env_define_broker() {
 
 #[tokio::test]
 async fn every_verb_has_examples_and_completions_cover_three_shells() {
+    // Every verb `--help` lists, whoever added it.
+    let out = nameko(&["--help"], None, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("`nameko COMMAND --help` shows"), "{}", out.stdout);
+    let verbs: Vec<&str> = out
+        .stdout
+        .split("Commands:\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
     for verb in [
         "run",
         "list",
@@ -728,6 +741,9 @@ async fn every_verb_has_examples_and_completions_cover_three_shells() {
         "shell",
         "completions",
     ] {
+        assert!(verbs.contains(&verb), "{verb}: {verbs:?}");
+    }
+    for verb in verbs {
         let out = nameko(&[verb, "--help"], None, &[]).await;
         assert_eq!(out.code, 0, "{verb}: {}", out.stderr);
         assert!(out.stdout.contains("\nExamples:\n  nameko "), "{verb}: {}", out.stdout);
