@@ -853,3 +853,69 @@ async fn a_scripted_shell_ends_at_sigterm() {
     assert_eq!(stderr, "error: SIGTERM received: the command was cancelled\n");
     drop(stdin);
 }
+
+/// The interactive shell on a terminal (`script` gives it a pty): tab completes a verb,
+/// the command runs, and the line lands in the history file.
+#[tokio::test]
+async fn the_interactive_shell_completes_and_keeps_history() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "`script` (util-linux) is needed for the interactive shell test"
+        );
+        eprintln!("skipping the interactive shell test: no `script` command (util-linux)");
+        return;
+    }
+    let state = std::env::temp_dir().join(format!("nameko-cli-shell-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let command = format!("{} shell --define answer=42", env!("CARGO_BIN_EXE_nameko"));
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("XDG_STATE_HOME", &state)
+        .kill_on_drop(true)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    // Reads the terminal until `needle` has appeared `times` times in all.
+    let mut wait_for = async |needle: &str, times: usize, seen: &mut String| {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0_u8; 4096];
+        while seen.matches(needle).count() < times {
+            let read = tokio::time::timeout(Duration::from_secs(30), stdout.read(&mut buffer))
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in 30 s; the terminal showed {seen:?}"))
+                .unwrap();
+            assert!(read > 0, "the shell ended; the terminal showed {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+    };
+    wait_for("nameko> ", 1, &mut seen).await;
+    stdin.write_all(b"show-c\t").await.unwrap();
+    stdin.flush().await.unwrap();
+    wait_for("show-config", 1, &mut seen).await;
+    stdin.write_all(b" --define extra=1\r").await.unwrap();
+    stdin.flush().await.unwrap();
+    wait_for("answer: 42", 1, &mut seen).await;
+    wait_for("nameko> ", 2, &mut seen).await;
+    stdin.write_all(b"exit\r").await.unwrap();
+    stdin.flush().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the shell exits within 30 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}; the terminal showed {seen:?}");
+    assert!(seen.contains("extra: 1"), "{seen:?}");
+    let history = std::fs::read_to_string(state.join("nameko/history")).expect("the history file");
+    assert!(
+        history.lines().any(|line| line == "show-config --define extra=1"),
+        "{history:?}"
+    );
+    assert!(history.lines().any(|line| line == "exit"), "{history:?}");
+    let _ = std::fs::remove_dir_all(&state);
+}
