@@ -4,11 +4,17 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::{
+    client::{EmitArgs, RequestArgs, SubscribeArgs},
+    completions::CompletionsArgs,
+    shell::ShellArgs,
+};
+
 /// The whole command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "nameko",
-    about = "Runs nameko-rs services and inspects their configuration",
+    about = "Runs nameko-rs services and talks to a Nameko cluster (Rust or Python services)",
     disable_help_subcommand = true
 )]
 pub(crate) struct Invocation {
@@ -26,6 +32,17 @@ pub enum Command {
     List,
     /// Prints the merged configuration, with passwords masked.
     ShowConfig(ConfigArgs),
+    /// Calls SERVICE.METHOD over RPC and prints the result as JSON.
+    Request(RequestArgs),
+    /// Dispatches an event as SERVICE, as its event dispatcher would.
+    Emit(EmitArgs),
+    /// Prints the events of SERVICE as JSON lines until Ctrl-C.
+    Subscribe(SubscribeArgs),
+    /// A prompt for these commands, with history and tab completion; reads a script
+    /// when standard input is not a terminal.
+    Shell(ShellArgs),
+    /// Writes a completion script for bash, zsh or fish.
+    Completions(CompletionsArgs),
 }
 
 /// Where the configuration comes from: `--config`, `--define`, `--broker`.

@@ -28,6 +28,11 @@
 //!
 //! # Commands
 //!
+//! Every service binary has them all; the standalone `nameko` binary
+//! ([`Cli::standalone`]) has all but `run` and `list`, which explain how to build a
+//! service binary. `VERB --help` shows each one's options and examples; the guide's
+//! chapter "The command line" has more.
+//!
 //! - `run [SERVICE...] [--config FILE] [--define KEY=VALUE]... [--transport memory|amqp]
 //!   [--broker URI] [--stop-timeout SECS]`: runs the named services (all when none is
 //!   named). The first SIGTERM or Ctrl-C stops gracefully within `--stop-timeout`
@@ -35,6 +40,24 @@
 //! - `list`: the services built into the binary, with their entrypoints.
 //! - `show-config [--config FILE] [--define KEY=VALUE]... [--broker URI]`: the merged
 //!   configuration as YAML, passwords masked.
+//! - `request SERVICE.METHOD [JSON] [--timeout SECS] [--context KEY=VALUE]... [--raw]`:
+//!   calls a method (a JSON object gives keyword arguments, an array positional ones;
+//!   `-` reads stdin) and prints the result as indented JSON (`--raw`: compact, one
+//!   line); a remote error goes to stderr as `exc_type: value`. `--context` sends
+//!   `nameko.KEY` headers.
+//! - `emit SERVICE EVENT [JSON] [--context KEY=VALUE]...`: dispatches an event to
+//!   `SERVICE.events`, as that service's dispatcher would.
+//! - `subscribe SERVICE EVENT... [--count N]`: prints each event as a JSON line
+//!   `{"service", "event", "headers", "payload"}` until SIGTERM or Ctrl-C, through an
+//!   exclusive, auto-deleted queue of its own.
+//! - `shell`: these commands at a prompt with history and tab completion; when stdin is
+//!   not a terminal, a script read line by line (it goes on after a failure and exits
+//!   with 1 if any command failed).
+//! - `completions bash|zsh|fish`: a completion script.
+//!
+//! The client verbs (`request`, `emit`, `subscribe`, `shell`) take `--config`,
+//! `--define` and `--broker` too, and read `AMQP_URI`, `rpc_exchange`, `HEARTBEAT`
+//! and `AMQP_SSL` from the merged config.
 //!
 //! Configuration precedence: the file < `NAMEKO_<KEY>` environment variables <
 //! `--define` < `--broker`.
@@ -50,14 +73,24 @@
 //!
 //! # Exit codes
 //!
-//! `0` after a graceful stop, a signal while waiting for RabbitMQ (or a successful
-//! `list`/`show-config`); `1` when the services cannot start (config, resources hook,
-//! invalid `AMQP_URI`, unknown service, a signal during the rest of startup) or had to
-//! be killed; `2` for usage errors.
+//! `0` on success: a graceful stop, a signal while waiting for RabbitMQ, a successful
+//! command, `subscribe` stopped by a signal or `--count`. `1` for remote and runtime
+//! errors: a remote error, an unknown service, an RPC timeout, RabbitMQ unreachable
+//! for a client verb, services that cannot start (resources hook, unknown service, a
+//! signal during the rest of startup) or had to be killed, failed commands of a
+//! scripted `shell`. `2` for usage and configuration errors: an unknown verb or option,
+//! JSON that does not parse (the message gives the line, the column and what was
+//! expected), a bad config file, `--define`, `NAMEKO_*` variable, `AMQP_URI` or
+//! `AMQP_SSL`, and `run`/`list` in the standalone binary. See [`CliError::exit_code`].
 
 mod args;
+mod client;
+mod completions;
+mod examples;
 mod logging;
 mod mask;
+mod parser;
+mod shell;
 mod signals;
 mod transport;
 
@@ -71,13 +104,17 @@ use std::{
     time::Duration,
 };
 
-use clap::{CommandFactory, FromArgMatches, error::ErrorKind};
 use nameko_core::{BoxError, Config, ConfigError, ContainerError, Resources, ServiceRunner, Shutdown, registry};
+use nameko_extensions::{amqp::ConfigConnectError, events::DispatchError, rpc::RpcError};
 
+use crate::parser::Parser;
 pub use crate::{
     args::{Command, ConfigArgs, RunArgs, TransportKind},
+    client::{EmitArgs, RequestArgs, SubscribeArgs, Target},
+    completions::{CompletionShell, CompletionsArgs},
     logging::{FORCED_DIRECTIVES, init_logging},
     mask::{MASK, mask_secrets, render_config},
+    shell::ShellArgs,
     signals::{Signal, SignalSender, Signals},
     transport::{Transport, TransportError},
 };
@@ -85,7 +122,8 @@ pub use crate::{
 type ResourcesFuture = Pin<Box<dyn Future<Output = Result<Resources, BoxError>> + Send>>;
 type ResourcesHook = Box<dyn FnOnce(Config) -> ResourcesFuture + Send>;
 
-/// Why a command failed; printed as `error: ...` (passwords masked) before exit code 1.
+/// Why a command failed; printed as `error: ...` (passwords masked; a remote error as
+/// `exc_type: value`) before exit code [`exit_code`](CliError::exit_code).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CliError {
@@ -122,9 +160,97 @@ pub enum CliError {
     /// The services did not stop in time, or a second signal asked to kill them.
     #[error("the services were killed before they could stop gracefully")]
     Killed,
+    /// A command-line argument is wrong in a way clap cannot see (JSON that does not
+    /// parse, a verb the shell does not take); the message says where.
+    #[error("{0}")]
+    Usage(String),
+    /// `run` or `list` in the standalone binary, which holds no services.
+    #[error("{STANDALONE_HINT}")]
+    Standalone,
+    /// RabbitMQ could not be reached (or `AMQP_URI`/`AMQP_SSL` are invalid) for a client
+    /// verb; the URI's password is masked.
+    #[error("{}", client::connect_message(.uri, .error))]
+    Connect {
+        /// The URI, its password masked.
+        uri: String,
+        /// Why.
+        #[source]
+        error: ConfigConnectError,
+    },
+    /// An RPC call failed: a remote error (printed as `exc_type: value`), an unknown
+    /// service, a timeout, a transport failure.
+    #[error("{}", rpc_message(.target, .error))]
+    Rpc {
+        /// `service.method`.
+        target: String,
+        /// Why.
+        #[source]
+        error: RpcError,
+    },
+    /// `emit` could not dispatch its event.
+    #[error(transparent)]
+    Dispatch(DispatchError),
+    /// The broker refused a declare or a consumer, or a subscription ended.
+    #[error("{0}")]
+    Broker(String),
+    /// A signal cancelled a command before it finished.
+    #[error("{0} received: the command was cancelled")]
+    Cancelled(Signal),
+    /// Commands of a scripted `shell` failed (each one's error was printed).
+    #[error("{0} shell command(s) failed")]
+    ShellFailures(usize),
 }
 
-/// The command line of a service binary: `run`, `list`, `show-config`.
+impl CliError {
+    /// The process's exit code for this error: `2` for usage and configuration errors
+    /// (a bad config file, `--define`, `NAMEKO_*` variable, `AMQP_URI`, `AMQP_SSL` or
+    /// JSON argument; `run`/`list` in the standalone binary), `1` for the rest (remote
+    /// errors, unknown services, timeouts, RabbitMQ unreachable, services that failed or
+    /// had to be killed).
+    ///
+    /// ```
+    /// use nameko_cli::CliError;
+    ///
+    /// assert_eq!(CliError::Usage("bad JSON".into()).exit_code(), 2);
+    /// assert_eq!(CliError::Killed.exit_code(), 1);
+    /// ```
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_)
+            | Self::Usage(_)
+            | Self::Standalone
+            | Self::Transport(TransportError::InvalidUri { .. } | TransportError::Tls(_))
+            | Self::Connect {
+                error: ConfigConnectError::Uri(_) | ConfigConnectError::Tls(_),
+                ..
+            } => 2,
+            Self::Rpc {
+                error: RpcError::InvalidTarget(_),
+                ..
+            } => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn rpc_message(target: &str, error: &RpcError) -> String {
+    match error {
+        RpcError::Remote(remote) => format!("{}: {}", remote.exc_type(), remote.value()),
+        RpcError::UnknownService(service) => format!(
+            "Unknown service `{service}`: nothing consumes `rpc-{service}` on this RPC exchange (is the service \
+             running, on this broker and vhost, with the same `rpc_exchange`?)"
+        ),
+        RpcError::Timeout { after, .. } => format!(
+            "no reply from `{target}` within {}s (--timeout sets another limit; 0 waits forever)",
+            after.as_secs_f64()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The command line of a service binary: `run`, `list`, `show-config`, `request`,
+/// `emit`, `subscribe`, `shell`, `completions`.
 ///
 /// Build it with [`Cli::new`], give it a [`resources`](Cli::resources) hook, and end
 /// `main` with [`main`](Cli::main) (or [`run`](Cli::run) inside your own runtime).
@@ -171,8 +297,8 @@ impl Cli {
     }
 
     /// The command line of the standalone `nameko` binary, which holds no services:
-    /// `show-config` works; `run` and `list` explain that they belong to the user's own
-    /// binary and exit with 2.
+    /// every other verb works; `run` and `list` explain that they belong to the user's
+    /// own binary and exit with 2.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -312,26 +438,13 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let mut command = args::Invocation::command();
-        if let Some(name) = self.name {
-            command = command.name(name).bin_name(name);
-        }
-        if let Some(version) = self.version {
-            command = command.version(version);
-        }
-        let matches = command.try_get_matches_from_mut(args)?;
-        let invocation = args::Invocation::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
-        if let Command::Run(run) = &invocation.command
-            && run.transport == Some(TransportKind::Memory)
-            && run.config.broker.is_some()
-        {
-            let run_command = command.find_subcommand_mut("run").expect("`run` is a subcommand");
-            return Err(run_command.error(
-                ErrorKind::ArgumentConflict,
-                "`--transport memory` cannot be used with `--broker`: the broker URI is for the AMQP transport",
-            ));
-        }
-        Ok(invocation.command)
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        self.parser(args.first()).parse(args)
+    }
+
+    /// The parser, named after `arg0` unless [`name`](Cli::name) was given.
+    fn parser(&self, arg0: Option<&OsString>) -> Parser {
+        Parser::new(self.name, self.version, arg0)
     }
 
     /// Runs the command line `args` (the first is the program name) with shutdown
@@ -363,7 +476,9 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let command = match self.parse(args) {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let parser = self.parser(args.first());
+        let command = match parser.parse(args) {
             Ok(command) => command,
             Err(err) => {
                 let mut text = err.render().to_string();
@@ -378,22 +493,19 @@ impl Cli {
                 return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
             }
         };
+        let standalone = self.standalone;
         let result = match command {
-            Command::Run(_) | Command::List if self.standalone => {
-                let _ = writeln!(stderr, "{STANDALONE_HINT}");
-                return ExitCode::from(2);
+            Command::Run(run) if !standalone => self.run_services(run, &mut signals).await,
+            Command::Shell(args) => {
+                shell::shell(&parser, standalone, args, &mut signals, &mut stdout, &mut stderr).await
             }
-            Command::Run(run) => self.run_services(run, &mut signals).await,
-            Command::List => list(&mut stdout),
-            Command::ShowConfig(config) => {
-                load_config(&config).and_then(|config| Ok(write!(stdout, "{}", render_config(&config))?))
-            }
+            command => execute(command, standalone, &parser, &mut signals, &mut stdout, &mut stderr).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 let _ = report(&mut stderr, &err);
-                ExitCode::FAILURE
+                ExitCode::from(err.exit_code())
             }
         }
     }
@@ -511,17 +623,55 @@ async fn log_readiness(readiness: nameko_core::Readiness) {
     }
 }
 
-const STANDALONE_HINT: &str = "error: the standalone `nameko` binary holds no services: Rust cannot load services \
+/// Runs a command other than `run` (and `shell`, which calls this for each line).
+async fn execute(
+    command: Command,
+    standalone: bool,
+    parser: &Parser,
+    signals: &mut Signals,
+    stdout: &mut (dyn Write + Send),
+    stderr: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    match command {
+        Command::Run(_) | Command::List if standalone => Err(CliError::Standalone),
+        Command::Run(_) => Err(CliError::Usage("`run` cannot be used here".to_owned())),
+        Command::Shell(_) => Err(CliError::Usage("the shell is already running".to_owned())),
+        Command::List => list(stdout),
+        Command::ShowConfig(config) => {
+            load_config(&config).and_then(|config| Ok(write!(stdout, "{}", render_config(&config))?))
+        }
+        Command::Request(args) => client::request(args, signals, stdout).await,
+        Command::Emit(args) => client::emit(args, signals).await,
+        Command::Subscribe(args) => client::subscribe(args, signals, stdout, stderr).await,
+        Command::Completions(args) => {
+            completions::write(args.shell, &mut parser.command(), parser.bin_name(), stdout);
+            Ok(stdout.flush()?)
+        }
+    }
+}
+
+const STANDALONE_HINT: &str = "the standalone `nameko` binary holds no services: Rust cannot load services \
      at run time. `run` and `list` are commands of your own service binary, whose main ends with \
      `nameko::cli::Cli::new().main()`; build it and run `your-binary run` (a library crate holding services must be \
-     linked into it: `use my_services as _;`). `nameko show-config` works here.";
+     linked into it: `use my_services as _;`). The other commands (`request`, `emit`, `subscribe`, `shell`, \
+     `show-config`, `completions`) work here.";
 
 fn describe(timeout: Duration) -> String {
     format!("{}s", timeout.as_secs_f64())
 }
 
+/// Prints `err` as `error: ...`, or a remote error as `exc_type: value`; passwords
+/// masked.
 fn report(stderr: &mut dyn Write, err: &CliError) -> io::Result<()> {
-    writeln!(stderr, "error: {}", mask_secrets(&err.to_string()))
+    let text = mask_secrets(&err.to_string());
+    match err {
+        CliError::Rpc {
+            error: RpcError::Remote(_),
+            ..
+        } => writeln!(stderr, "{text}"),
+        _ => writeln!(stderr, "error: {text}"),
+    }?;
+    stderr.flush()
 }
 
 fn load_config(args: &ConfigArgs) -> Result<Config, CliError> {
@@ -538,7 +688,7 @@ fn load_config(args: &ConfigArgs) -> Result<Config, CliError> {
     Ok(loader.load()?)
 }
 
-fn list(out: &mut dyn Write) -> Result<(), CliError> {
+fn list(out: &mut (dyn Write + Send)) -> Result<(), CliError> {
     let services = registry::registered_services()?;
     if services.is_empty() {
         writeln!(

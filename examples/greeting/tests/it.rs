@@ -217,7 +217,8 @@ fn the_default_transport_never_falls_back_to_memory() {
 
 /// The guide's "Joining a Python Nameko cluster": `run --broker` serves Python's
 /// `ClusterRpcProxy` (`python/greet.py`) and a Python `@event_handler` service
-/// (`python/listener.py`) hears the events.
+/// (`python/listener.py`) hears the events; the same binary's `request` and `emit`
+/// verbs reach both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_calls_the_binary_over_rabbitmq() {
     let Some(python) = PythonNameko::from_env() else { return };
@@ -293,6 +294,52 @@ async fn python_calls_the_binary_over_rabbitmq() {
     assert!(heard.contains("Python heard that Ada was greeted"), "{heard}");
     assert!(heard.contains("Python heard that Grace was greeted"), "{heard}");
 
+    // Every service binary has the client verbs: the same binary calls and emits.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_example-greeting"))
+            .args(args)
+            .args(["--broker", &url, "--define", &exchange])
+            .output()
+            .expect("the example binary runs");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    assert_eq!(
+        cli(&["request", "greeting.greet", r#"{"name": "Cli"}"#]),
+        (Some(0), "\"Hi, Cli!\"\n".to_owned(), String::new())
+    );
+    assert_eq!(
+        cli(&["request", "greeting.greet", r#"[""]"#]),
+        (
+            Some(1),
+            String::new(),
+            "NoName: a name is needed to greet somebody\n".to_owned()
+        )
+    );
+    assert_eq!(
+        cli(&["emit", "greeting", "greeted", r#"{"name": "Emitted"}"#]),
+        (Some(0), String::new(), String::new())
+    );
+    for _ in 0..200 {
+        heard = listener.output();
+        if heard.contains("Python heard that Emitted was greeted") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(heard.contains("Python heard that Emitted was greeted"), "{heard}");
+    for _ in 0..200 {
+        if log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("Somebody greeted Emitted"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let status = Command::new("kill")
         .args(["-TERM", &binary.0.id().to_string()])
         .status()
@@ -303,6 +350,7 @@ async fn python_calls_the_binary_over_rabbitmq() {
     let log = log.lock().unwrap().clone();
     assert!(status.success(), "exit {status:?}; log: {log:#?}");
     assert!(log.iter().any(|l| l.contains("Somebody greeted Ada")), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("Somebody greeted Emitted")), "{log:#?}");
     assert!(
         log.iter().any(|l| l.contains("running on the amqp transport")),
         "{log:#?}"

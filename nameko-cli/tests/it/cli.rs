@@ -91,6 +91,62 @@ fn show_config_and_list_parse() {
 }
 
 #[test]
+fn every_service_binary_has_the_client_verbs() {
+    use nameko_cli::CompletionShell;
+
+    let Command::Request(request) = Cli::new()
+        .parse([
+            "app",
+            "request",
+            "greeting.greet",
+            "{\"name\": \"Ada\"}",
+            "--timeout",
+            "0",
+            "--context",
+            "user_id=7",
+            "--raw",
+            "--broker",
+            "amqp://h/",
+        ])
+        .unwrap()
+    else {
+        panic!("not request");
+    };
+    assert_eq!(request.target.to_string(), "greeting.greet");
+    assert_eq!(request.json.as_deref(), Some("{\"name\": \"Ada\"}"));
+    assert_eq!(request.timeout, Some(Duration::ZERO));
+    assert_eq!(request.context, [("user_id".to_owned(), serde_json::json!(7))]);
+    assert!(request.raw);
+    assert_eq!(request.config.broker.as_deref(), Some("amqp://h/"));
+    let Command::Emit(emit) = Cli::new().parse(["app", "emit", "greeting", "greeted", "{}"]).unwrap() else {
+        panic!("not emit");
+    };
+    assert_eq!((emit.service.as_str(), emit.event.as_str()), ("greeting", "greeted"));
+    let Command::Subscribe(subscribe) = Cli::new()
+        .parse(["app", "subscribe", "greeting", "greeted", "*", "-n", "3"])
+        .unwrap()
+    else {
+        panic!("not subscribe");
+    };
+    assert_eq!(
+        (subscribe.events.as_slice(), subscribe.count),
+        (&["greeted".to_owned(), "*".to_owned()][..], Some(3))
+    );
+    assert!(matches!(
+        Cli::new().parse(["app", "shell", "-d", "a=1"]).unwrap(),
+        Command::Shell(_)
+    ));
+    let Command::Completions(completions) = Cli::new().parse(["app", "completions", "zsh"]).unwrap() else {
+        panic!("not completions");
+    };
+    assert_eq!(completions.shell, CompletionShell::Zsh);
+    assert!(
+        Cli::new().parse(["app", "subscribe", "greeting"]).is_err(),
+        "an event is required"
+    );
+}
+
+#[test]
 fn memory_transport_conflicts_with_broker() {
     let err = Cli::new()
         .parse(["app", "run", "--transport", "memory", "--broker", "amqp://h/"])
@@ -197,6 +253,7 @@ async fn amqp_is_the_default_and_waits_for_rabbitmq() {
         &["run", "--broker", "amqp://app:hunter2@rabbit:5672/%zz"],
     )
     .await;
+    assert_eq!(out.code, ExitCode::from(USAGE), "an invalid AMQP_URI is a config error");
     assert!(
         out.stderr
             .starts_with("error: invalid AMQP_URI amqp://app:***@rabbit:5672/%zz"),
@@ -223,7 +280,7 @@ async fn amqp_ssl_is_read_and_its_errors_are_located() {
         ],
     )
     .await;
-    assert_eq!(out.code, ExitCode::FAILURE);
+    assert_eq!(out.code, ExitCode::from(USAGE), "an invalid AMQP_SSL is a config error");
     let expected = if cfg!(feature = "amqp-tls") {
         "error: --define AMQP_SSL.cert_reqs=maybe: AMQP_SSL.cert_reqs: expected CERT_NONE, CERT_OPTIONAL or \
          CERT_REQUIRED (or 0, 1, 2), got the string \"maybe\""
@@ -444,7 +501,7 @@ async fn config_errors_are_located() {
     for verb in [&["run", "--transport", "memory"][..], &["show-config"]] {
         let args: Vec<&str> = verb.iter().copied().chain(["--config", path]).collect();
         let out = run_now(Cli::new(), &args).await;
-        assert_eq!(out.code, ExitCode::FAILURE, "{verb:?}");
+        assert_eq!(out.code, ExitCode::from(USAGE), "{verb:?}");
         assert!(
             out.stderr.starts_with(&format!("error: {path}:3:14: max_workers: ")),
             "{verb:?}: {}",
@@ -455,7 +512,7 @@ async fn config_errors_are_located() {
 
     let file = config_file("bad-syntax.yaml", "a: 1\nb: [unclosed\n");
     let out = run_now(Cli::new(), &["show-config", "--config", file.to_str().unwrap()]).await;
-    assert_eq!(out.code, ExitCode::FAILURE);
+    assert_eq!(out.code, ExitCode::from(USAGE));
     assert!(
         out.stderr.starts_with(&format!("error: {}:", file.display())),
         "{}",
@@ -463,7 +520,7 @@ async fn config_errors_are_located() {
     );
 
     let out = run_now(Cli::new(), &["show-config", "--define", "no-equals-sign"]).await;
-    assert_eq!(out.code, ExitCode::FAILURE);
+    assert_eq!(out.code, ExitCode::from(USAGE));
     assert!(
         out.stderr
             .starts_with("error: --define no-equals-sign: expected KEY=VALUE"),
@@ -472,7 +529,7 @@ async fn config_errors_are_located() {
     );
 
     let out = run_now(Cli::new(), &["show-config", "--config", "/nonexistent/config.yaml"]).await;
-    assert_eq!(out.code, ExitCode::FAILURE);
+    assert_eq!(out.code, ExitCode::from(USAGE));
     assert!(out.stderr.contains("cannot read the config file"), "{}", out.stderr);
 }
 

@@ -102,6 +102,8 @@ impl DispatchLog {
 pub struct EventDispatcher {
     inner: Arc<Inner>,
     cx: Option<WorkerContext>,
+    /// Outside a worker: context data sent with every event.
+    data: ContextData,
 }
 
 impl EventDispatcher {
@@ -111,7 +113,29 @@ impl EventDispatcher {
         Self {
             inner: Arc::new(Inner::new(broker, service, config)),
             cx: None,
+            data: ContextData::new(),
         }
+    }
+
+    /// Outside a worker: the context data (`user_id`, `language`, any key) sent as
+    /// `nameko.<key>` headers with every event, beside a fresh trace id (unless `data`
+    /// has a `trace_id`). A dispatcher inside a worker sends the worker's context
+    /// instead.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use nameko_core::{Config, ContextData};
+    /// use nameko_extensions::{events::EventDispatcher, memory::MemoryBroker};
+    ///
+    /// let broker = MemoryBroker::new();
+    /// let dispatcher = EventDispatcher::standalone(broker.shared(), "billing", &Config::default())
+    ///     .with_data(ContextData::new().with("user_id", "u-42"));
+    /// dispatcher.dispatch("paid", &serde_json::json!({"invoice": 7})).await.unwrap();
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_data(self, data: ContextData) -> Self {
+        Self { data, ..self }
     }
 
     /// A dispatcher that only records what it dispatches, for unit tests; also what a
@@ -136,6 +160,7 @@ impl EventDispatcher {
             Self {
                 inner: Arc::new(inner),
                 cx: None,
+                data: ContextData::new(),
             },
             log,
         )
@@ -190,7 +215,13 @@ impl EventDispatcher {
         }
         let data: ContextData = match &self.cx {
             Some(cx) => cx.outgoing_data(),
-            None => edge_context(),
+            None => {
+                let mut data = edge_context();
+                for (key, value) in self.data.iter() {
+                    data.insert(key, value.clone());
+                }
+                data
+            }
         };
         let message = Publish {
             exchange: exchange.name.clone(),
@@ -259,6 +290,7 @@ impl DependencyProvider for EventDispatcherProvider {
             EventDispatcher {
                 inner,
                 cx: Some(cx.clone()),
+                data: ContextData::new(),
             },
             (),
         ))

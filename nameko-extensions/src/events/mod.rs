@@ -30,7 +30,16 @@ pub fn events_exchange(service: &str) -> String {
 /// How `<service>.events` is declared — by the service's dispatcher and by every handler
 /// listening to it, which must agree or RabbitMQ refuses the second declare: a durable
 /// topic exchange, auto-deleted when config `AUTO_DELETE_EVENT_EXCHANGES` is true.
-pub(crate) fn events_exchange_declare(service: &str, config: &nameko_core::Config) -> crate::broker::Exchange {
+/// A standalone listener (the CLI's `subscribe`) declares it the same way.
+///
+/// ```
+/// use nameko_core::Config;
+/// use nameko_extensions::events::events_exchange_declare;
+///
+/// let exchange = events_exchange_declare("greeting", &Config::default());
+/// assert_eq!((exchange.name.as_str(), exchange.durable, exchange.auto_delete), ("greeting.events", true, false));
+/// ```
+pub fn events_exchange_declare(service: &str, config: &nameko_core::Config) -> crate::broker::Exchange {
     let mut exchange = crate::broker::Exchange::topic(events_exchange(service));
     exchange.auto_delete = config
         .get("AUTO_DELETE_EVENT_EXCHANGES")
