@@ -29,9 +29,16 @@
 //! # Commands
 //!
 //! - `run [SERVICE...] [--config FILE] [--define KEY=VALUE]... [--transport memory|amqp]
-//!   [--broker URI] [--stop-timeout SECS]`: runs the named services (all when none is
-//!   named). The first SIGTERM or Ctrl-C stops gracefully within `--stop-timeout`
-//!   (default 30 s); a second one, or the deadline, kills the running workers.
+//!   [--broker URI] [--stop-timeout SECS] [--log-format human|json]`: runs the named
+//!   services (all when none is named). The first SIGTERM or Ctrl-C stops gracefully
+//!   within `--stop-timeout` (default 30 s), announcing how many workers it waits
+//!   for; a second one, or the deadline, kills the running workers (their unacknowledged
+//!   messages go back to the broker). Logs go to stderr, human-readable or one JSON
+//!   object a line (`--log-format`, default from `NAMEKO_LOG_FORMAT`), filtered by
+//!   `RUST_LOG` or else the config's `LOGGING` (Nameko's dictConfig shape; see
+//!   [`logging_directives`]); every line a worker logs names its service, entrypoint,
+//!   call id and trace id, and `RUST_LOG=debug` adds a line per worker with its
+//!   outcome and duration.
 //! - `list`: the services built into the binary, with their entrypoints.
 //! - `show-config [--config FILE] [--define KEY=VALUE]... [--broker URI]`: the merged
 //!   configuration as YAML, passwords masked.
@@ -76,7 +83,7 @@ use nameko_core::{BoxError, Config, ConfigError, ContainerError, Resources, Serv
 
 pub use crate::{
     args::{Command, ConfigArgs, RunArgs, TransportKind},
-    logging::{FORCED_DIRECTIVES, init_logging},
+    logging::{BoxedLayer, FORCED_DIRECTIVES, LogFormat, LogSetup, NAMEKO_TARGETS, init_logging, logging_directives},
     mask::{MASK, mask_secrets, render_config},
     signals::{Signal, SignalSender, Signals},
     transport::{Transport, TransportError},
@@ -134,6 +141,7 @@ pub struct Cli {
     version: Option<&'static str>,
     resources: Option<ResourcesHook>,
     standalone: bool,
+    install_logging: bool,
 }
 
 impl Default for Cli {
@@ -167,6 +175,7 @@ impl Cli {
             version: None,
             resources: None,
             standalone: false,
+            install_logging: false,
         }
     }
 
@@ -266,8 +275,10 @@ impl Cli {
     }
 
     /// Runs the command line of this process (its arguments, SIGTERM and Ctrl-C,
-    /// stdout and stderr) inside the caller's tokio runtime, after installing the log
-    /// output ([`init_logging`]).
+    /// stdout and stderr) inside the caller's tokio runtime, installing the log output:
+    /// for `run`, once its config is loaded, in the `--log-format` format filtered by
+    /// `RUST_LOG` or the config's `LOGGING` ([`LogSetup`]); for the other commands,
+    /// [`init_logging`].
     ///
     /// ```no_run
     /// #[tokio::main]
@@ -276,8 +287,8 @@ impl Cli {
     ///     nameko_cli::Cli::new().run().await
     /// }
     /// ```
-    pub async fn run(self) -> ExitCode {
-        init_logging();
+    pub async fn run(mut self) -> ExitCode {
+        self.install_logging = true;
         let signals = match Signals::os() {
             Ok(signals) => signals,
             Err(err) => {
@@ -384,8 +395,12 @@ impl Cli {
                 return ExitCode::from(2);
             }
             Command::Run(run) => self.run_services(run, &mut signals).await,
-            Command::List => list(&mut stdout),
+            Command::List => {
+                self.default_logging();
+                list(&mut stdout)
+            }
             Command::ShowConfig(config) => {
+                self.default_logging();
                 load_config(&config).and_then(|config| Ok(write!(stdout, "{}", render_config(&config))?))
             }
         };
@@ -398,8 +413,21 @@ impl Cli {
         }
     }
 
+    fn default_logging(&self) {
+        if self.install_logging {
+            init_logging();
+        }
+    }
+
     async fn run_services(self, args: RunArgs, signals: &mut Signals) -> Result<(), CliError> {
         let config = load_config(&args.config)?;
+        if self.install_logging {
+            LogSetup::new().format(args.log_format).config(&config)?.init();
+            // Loading warned before the output was installed: say it again.
+            for warning in config.warnings() {
+                tracing::warn!("{warning}");
+            }
+        }
         let transport = Transport::select(args.transport, &config)?;
         let runner = ServiceRunner::new(config.clone())
             .with_registered(&args.services)?
