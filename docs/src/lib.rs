@@ -11,6 +11,7 @@
 //! 8. [Joining a Python Nameko cluster](python_cluster)
 //! 9. [Timers](timers)
 //! 10. [WebSockets](websockets)
+//! 11. [Writing extensions](extensions)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -55,3 +56,13 @@ pub mod python_cluster {}
 
 #[doc = include_str!("../guide/websockets.md")]
 pub mod websockets {}
+
+#[doc = include_str!("../guide/extensions.md")]
+///
+/// ## The whole example
+///
+/// This is `examples/postgres-session/src/lib.rs`, compiled here as it is (its tests,
+/// `examples/postgres-session/tests/it.rs`, run it against PostgreSQL):
+///
+#[doc = concat!("```rust\n", include_str!("../../examples/postgres-session/src/lib.rs"), "\n# fn main() {}\n```")]
+pub mod extensions {}
