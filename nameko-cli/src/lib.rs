@@ -89,6 +89,10 @@ pub use crate::{
     transport::{Transport, TransportError},
 };
 
+/// The `tracing-subscriber` the log output is built with: build layers for
+/// [`Cli::log_layer`] and [`LogSetup::layer`] with it.
+pub use tracing_subscriber;
+
 type ResourcesFuture = Pin<Box<dyn Future<Output = Result<Resources, BoxError>> + Send>>;
 type ResourcesHook = Box<dyn FnOnce(Config) -> ResourcesFuture + Send>;
 
@@ -142,6 +146,7 @@ pub struct Cli {
     resources: Option<ResourcesHook>,
     standalone: bool,
     install_logging: bool,
+    log_layers: Vec<BoxedLayer>,
 }
 
 impl Default for Cli {
@@ -157,6 +162,7 @@ impl fmt::Debug for Cli {
             .field("version", &self.version)
             .field("resources", &self.resources.as_ref().map(|_| "<hook>"))
             .field("standalone", &self.standalone)
+            .field("log_layers", &self.log_layers.len())
             .finish()
     }
 }
@@ -176,6 +182,7 @@ impl Cli {
             resources: None,
             standalone: false,
             install_logging: false,
+            log_layers: Vec::new(),
         }
     }
 
@@ -253,6 +260,22 @@ impl Cli {
             let future = hook(config);
             Box::pin(async move { future.await.map_err(Into::into) })
         }));
+        self
+    }
+
+    /// Adds a tracing layer beside `run`'s log output (see [`LogSetup::layer`]): it is
+    /// installed with the output when [`run`](Cli::run) or [`main`](Cli::main) drive
+    /// `run`, and filters for itself (`RUST_LOG`/`LOGGING` filter the output only).
+    ///
+    /// ```
+    /// use tracing_subscriber::{Layer, filter::LevelFilter};
+    ///
+    /// let audit = tracing_subscriber::fmt::layer().with_writer(std::io::sink).with_filter(LevelFilter::WARN);
+    /// let cli = nameko_cli::Cli::new().log_layer(Box::new(audit));
+    /// # drop(cli);
+    /// ```
+    pub fn log_layer(mut self, layer: BoxedLayer) -> Self {
+        self.log_layers.push(layer);
         self
     }
 
@@ -419,10 +442,14 @@ impl Cli {
         }
     }
 
-    async fn run_services(self, args: RunArgs, signals: &mut Signals) -> Result<(), CliError> {
+    async fn run_services(mut self, args: RunArgs, signals: &mut Signals) -> Result<(), CliError> {
         let config = load_config(&args.config)?;
         if self.install_logging {
-            LogSetup::new().format(args.log_format).config(&config)?.init();
+            let mut setup = LogSetup::new().format(args.log_format).config(&config)?;
+            for layer in std::mem::take(&mut self.log_layers) {
+                setup = setup.layer(layer);
+            }
+            setup.init();
             // Loading warned before the output was installed: say it again.
             for warning in config.warnings() {
                 tracing::warn!("{warning}");
