@@ -1,5 +1,6 @@
 //! The graceful stop of DESIGN §5, as a process against RabbitMQ: SIGTERM with 200
-//! slow calls in flight answers every one and leaves nothing unacknowledged; a hung
+//! slow calls in flight (and 50 more waiting in the queue) answers every delivered
+//! one and leaves nothing unacknowledged; a hung
 //! handler is cut at `--stop-timeout` and its request goes back to the queue.
 
 use std::{
@@ -110,7 +111,10 @@ impl Drop for Service {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_every_call_in_flight_and_leaves_nothing_unacked() {
+    /// In flight: `max_workers` and the prefetch.
     const CALLS: usize = 200;
+    /// Beyond the prefetch: never delivered, they wait in the queue.
+    const QUEUED: usize = 50;
     let Some(rabbit) = RabbitMq::from_env().await else {
         return;
     };
@@ -123,13 +127,15 @@ async fn sigterm_answers_every_call_in_flight_and_leaves_nothing_unacked() {
     let client = ClusterRpc::connect(rabbit.broker(), &rabbit.config(json!(null)))
         .await
         .unwrap();
+    rabbit.claim_queue(client.client().reply_queue());
     let mut replies = Vec::new();
-    for _ in 0..CALLS {
+    for _ in 0..CALLS + QUEUED {
         replies.push(client.call_async("slow", "sleep", json!([2000])).await.unwrap());
     }
-    // Every call has started its worker: 200 in flight.
+    // 200 calls have started their workers; the other 50 wait in the queue.
     service.wait_for_lines("sleeping 2000 ms", CALLS).await;
     service.terminate();
+    let queued = replies.split_off(CALLS);
 
     for reply in replies {
         assert_eq!(reply.result().await.unwrap(), json!(2000), "log: {:#?}", service.log());
@@ -142,13 +148,20 @@ async fn sigterm_answers_every_call_in_flight_and_leaves_nothing_unacked() {
         "{log:#?}"
     );
     assert!(log.iter().any(|l| l.contains("every service stopped")), "{log:#?}");
-    // The process is gone, so anything it left unacknowledged would be ready again.
+    assert_eq!(
+        log.iter().filter(|l| l.contains("sleeping 2000 ms")).count(),
+        CALLS,
+        "only the delivered calls ran; log: {log:#?}"
+    );
+    // The process is gone, so anything it left unacknowledged would be ready again:
+    // only the 50 never delivered are.
     let counts = rabbit
         .queue_counts("rpc-slow")
         .await
         .unwrap()
         .expect("the queue is durable");
-    assert_eq!((counts.ready, counts.consumers), (0, 0), "{log:#?}");
+    assert_eq!((counts.ready, counts.consumers), (QUEUED as u32, 0), "{log:#?}");
+    drop(queued);
     client.client().stop().await;
     rabbit.cleanup().await.unwrap();
 }
@@ -167,6 +180,7 @@ async fn a_hung_handler_is_cut_at_the_deadline_and_its_request_requeued() {
     let client = ClusterRpc::connect(rabbit.broker(), &rabbit.config(json!(null)))
         .await
         .unwrap();
+    rabbit.claim_queue(client.client().reply_queue());
     let reply = client.call_async("hung", "hang", json!([])).await.unwrap();
     service.wait_for_lines("hanging", 1).await;
 
