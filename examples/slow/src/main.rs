@@ -1,6 +1,6 @@
 //! Two services whose handlers take their time, for the graceful-stop tests
-//! (`tests/stop.rs`): `slow` answers `sleep(ms)` after sleeping, `hung` never answers
-//! `hang()`. Each logs when a call starts, so a test knows what is in flight.
+//! (`tests/stop.rs`): `slow` answers `sleep(ms)` after sleeping, `hung` and `stubborn`
+//! never answer `hang()`. Each logs when a call starts, so a test knows what is in flight.
 //!
 //! Run with: `cargo run -p example-slow -- run slow --broker amqp://...`
 
@@ -29,6 +29,22 @@ struct Hung {}
 
 #[nameko::service(name = "hung")]
 impl Hung {
+    /// Waits forever: only a kill ends it.
+    #[rpc]
+    async fn hang(&self) -> Result<(), RemoteError> {
+        tracing::info!("hanging");
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+/// Never answers either: a service of its own, so that the tests of `hung` and
+/// `stubborn` can run at once in one vhost.
+#[derive(Debug, nameko::Dependencies)]
+struct Stubborn {}
+
+#[nameko::service(name = "stubborn")]
+impl Stubborn {
     /// Waits forever: only a kill ends it.
     #[rpc]
     async fn hang(&self) -> Result<(), RemoteError> {

@@ -1,6 +1,6 @@
 //! The graceful stop of DESIGN §5, as a process against RabbitMQ: SIGTERM with 200
 //! slow calls in flight (and 50 more waiting in the queue) answers every delivered
-//! one and leaves nothing unacknowledged; a hung
+//! one and leaves nothing unacknowledged; a second SIGTERM kills at once; a hung
 //! handler is cut at `--stop-timeout` and its request goes back to the queue.
 
 use std::{
@@ -213,6 +213,46 @@ async fn a_hung_handler_is_cut_at_the_deadline_and_its_request_requeued() {
     // The request was never acknowledged: RabbitMQ has it ready for another instance.
     let counts = rabbit
         .queue_counts("rpc-hung")
+        .await
+        .unwrap()
+        .expect("the queue is durable");
+    assert_eq!((counts.ready, counts.consumers), (1, 0), "{log:#?}");
+    drop(reply);
+    client.client().stop().await;
+    rabbit.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_kills_at_once() {
+    let Some(rabbit) = RabbitMq::from_env().await else {
+        return;
+    };
+    rabbit.claim_service("stubborn");
+    let mut service = Service::start(&rabbit, &["stubborn", "--stop-timeout", "60"]);
+    rabbit
+        .wait_for_consumers("rpc-stubborn", 1, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log: {:#?}", service.log()));
+    let client = ClusterRpc::connect(rabbit.broker(), &rabbit.config(json!(null)))
+        .await
+        .unwrap();
+    rabbit.claim_queue(client.client().reply_queue());
+    let reply = client.call_async("stubborn", "hang", json!([])).await.unwrap();
+    service.wait_for_lines("hanging", 1).await;
+
+    service.terminate();
+    service
+        .wait_for_lines("waiting for 1 worker(s) to finish, deadline in 60.0s", 1)
+        .await;
+    let signalled = Instant::now();
+    service.terminate();
+    assert_eq!(service.exit_code().await, Some(1), "log: {:#?}", service.log());
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}; log: {:#?}", service.log());
+    let log = service.log();
+    assert!(log.iter().any(|l| l.contains("received again: killing")), "{log:#?}");
+    let counts = rabbit
+        .queue_counts("rpc-stubborn")
         .await
         .unwrap()
         .expect("the queue is durable");
