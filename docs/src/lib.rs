@@ -12,6 +12,7 @@
 //! 9. [Timers](timers)
 //! 10. [WebSockets](websockets)
 //! 11. [The command line](cli)
+//! 12. [Writing extensions](extensions)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -59,3 +60,12 @@ pub mod websockets {}
 
 #[doc = include_str!("../guide/cli.md")]
 pub mod cli {}
+#[doc = include_str!("../guide/extensions.md")]
+///
+/// ## The whole example
+///
+/// This is `examples/postgres-session/src/lib.rs`, compiled here as it is (its tests,
+/// `examples/postgres-session/tests/it.rs`, run it against PostgreSQL):
+///
+#[doc = concat!("```rust\n", include_str!("../../examples/postgres-session/src/lib.rs"), "\n# fn main() {}\n```")]
+pub mod extensions {}

@@ -76,6 +76,15 @@ pub struct RunArgs {
     /// How long a graceful stop may take before running workers are killed.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub stop_timeout: Duration,
+    /// How log lines are written: human-readable, or one JSON object a line.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        env = "NAMEKO_LOG_FORMAT",
+        default_value = "human"
+    )]
+    pub log_format: crate::LogFormat,
 }
 
 /// The transport asked for with `--transport`.

@@ -34,9 +34,16 @@
 //! chapter "The command line" has more.
 //!
 //! - `run [SERVICE...] [--config FILE] [--define KEY=VALUE]... [--transport memory|amqp]
-//!   [--broker URI] [--stop-timeout SECS]`: runs the named services (all when none is
-//!   named). The first SIGTERM or Ctrl-C stops gracefully within `--stop-timeout`
-//!   (default 30 s); a second one, or the deadline, kills the running workers.
+//!   [--broker URI] [--stop-timeout SECS] [--log-format human|json]`: runs the named
+//!   services (all when none is named). The first SIGTERM or Ctrl-C stops gracefully
+//!   within `--stop-timeout` (default 30 s), announcing how many workers it waits
+//!   for; a second one, or the deadline, kills the running workers (their unacknowledged
+//!   messages go back to the broker). Logs go to stderr, human-readable or one JSON
+//!   object a line (`--log-format`, default from `NAMEKO_LOG_FORMAT`), filtered by
+//!   `RUST_LOG` or else the config's `LOGGING` (Nameko's dictConfig shape; see
+//!   [`logging_directives`]); every line a worker logs names its service, entrypoint,
+//!   call id and trace id, and `RUST_LOG=debug` adds a line per worker with its
+//!   outcome and duration.
 //! - `list`: the services built into the binary, with their entrypoints.
 //! - `show-config [--config FILE] [--define KEY=VALUE]... [--broker URI]`: the merged
 //!   configuration as YAML, passwords masked.
@@ -112,12 +119,16 @@ pub use crate::{
     args::{Command, ConfigArgs, RunArgs, TransportKind},
     client::{EmitArgs, RequestArgs, SubscribeArgs, Target},
     completions::{CompletionShell, CompletionsArgs},
-    logging::{FORCED_DIRECTIVES, init_logging},
+    logging::{BoxedLayer, FORCED_DIRECTIVES, LogFormat, LogSetup, NAMEKO_TARGETS, init_logging, logging_directives},
     mask::{MASK, mask_secrets, render_config},
     shell::ShellArgs,
     signals::{Signal, SignalSender, Signals},
     transport::{Transport, TransportError},
 };
+
+/// The `tracing-subscriber` the log output is built with: build layers for
+/// [`Cli::log_layer`] and [`LogSetup::layer`] with it.
+pub use tracing_subscriber;
 
 type ResourcesFuture = Pin<Box<dyn Future<Output = Result<Resources, BoxError>> + Send>>;
 type ResourcesHook = Box<dyn FnOnce(Config) -> ResourcesFuture + Send>;
@@ -260,6 +271,8 @@ pub struct Cli {
     version: Option<&'static str>,
     resources: Option<ResourcesHook>,
     standalone: bool,
+    install_logging: bool,
+    log_layers: Vec<BoxedLayer>,
 }
 
 impl Default for Cli {
@@ -275,6 +288,7 @@ impl fmt::Debug for Cli {
             .field("version", &self.version)
             .field("resources", &self.resources.as_ref().map(|_| "<hook>"))
             .field("standalone", &self.standalone)
+            .field("log_layers", &self.log_layers.len())
             .finish()
     }
 }
@@ -293,6 +307,8 @@ impl Cli {
             version: None,
             resources: None,
             standalone: false,
+            install_logging: false,
+            log_layers: Vec::new(),
         }
     }
 
@@ -373,6 +389,22 @@ impl Cli {
         self
     }
 
+    /// Adds a tracing layer beside `run`'s log output (see [`LogSetup::layer`]): it is
+    /// installed with the output when [`run`](Cli::run) or [`main`](Cli::main) drive
+    /// `run`, and filters for itself (`RUST_LOG`/`LOGGING` filter the output only).
+    ///
+    /// ```
+    /// use tracing_subscriber::{Layer, filter::LevelFilter};
+    ///
+    /// let audit = tracing_subscriber::fmt::layer().with_writer(std::io::sink).with_filter(LevelFilter::WARN);
+    /// let cli = nameko_cli::Cli::new().log_layer(Box::new(audit));
+    /// # drop(cli);
+    /// ```
+    pub fn log_layer(mut self, layer: BoxedLayer) -> Self {
+        self.log_layers.push(layer);
+        self
+    }
+
     /// Builds a multi-threaded tokio runtime and [`run`](Cli::run)s on it: the end of a
     /// service binary's `main`.
     ///
@@ -392,8 +424,10 @@ impl Cli {
     }
 
     /// Runs the command line of this process (its arguments, SIGTERM and Ctrl-C,
-    /// stdout and stderr) inside the caller's tokio runtime, after installing the log
-    /// output ([`init_logging`]).
+    /// stdout and stderr) inside the caller's tokio runtime, installing the log output:
+    /// for `run`, once its config is loaded, in the `--log-format` format filtered by
+    /// `RUST_LOG` or the config's `LOGGING` ([`LogSetup`]); for the other commands,
+    /// [`init_logging`].
     ///
     /// ```no_run
     /// #[tokio::main]
@@ -402,8 +436,8 @@ impl Cli {
     ///     nameko_cli::Cli::new().run().await
     /// }
     /// ```
-    pub async fn run(self) -> ExitCode {
-        init_logging();
+    pub async fn run(mut self) -> ExitCode {
+        self.install_logging = true;
         let signals = match Signals::os() {
             Ok(signals) => signals,
             Err(err) => {
@@ -497,9 +531,13 @@ impl Cli {
         let result = match command {
             Command::Run(run) if !standalone => self.run_services(run, &mut signals).await,
             Command::Shell(args) => {
+                self.default_logging();
                 shell::shell(&parser, standalone, args, &mut signals, &mut stdout, &mut stderr).await
             }
-            command => execute(command, standalone, &parser, &mut signals, &mut stdout, &mut stderr).await,
+            command => {
+                self.default_logging();
+                execute(command, standalone, &parser, &mut signals, &mut stdout, &mut stderr).await
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -510,8 +548,25 @@ impl Cli {
         }
     }
 
-    async fn run_services(self, args: RunArgs, signals: &mut Signals) -> Result<(), CliError> {
+    fn default_logging(&self) {
+        if self.install_logging {
+            init_logging();
+        }
+    }
+
+    async fn run_services(mut self, args: RunArgs, signals: &mut Signals) -> Result<(), CliError> {
         let config = load_config(&args.config)?;
+        if self.install_logging {
+            let mut setup = LogSetup::new().format(args.log_format).config(&config)?;
+            for layer in std::mem::take(&mut self.log_layers) {
+                setup = setup.layer(layer);
+            }
+            setup.init();
+            // Loading warned before the output was installed: say it again.
+            for warning in config.warnings() {
+                tracing::warn!("{warning}");
+            }
+        }
         let transport = Transport::select(args.transport, &config)?;
         let runner = ServiceRunner::new(config.clone())
             .with_registered(&args.services)?

@@ -58,8 +58,8 @@ pub use self::{
         WorkerError,
     },
     readiness::{PartStatus, Readiness, ReadinessPart, ReadinessReport},
-    runner::{DEFAULT_STOP_TIMEOUT, RunningServices, ServiceRunner, Shutdown},
-    service::{Entrypoints, Service},
+    runner::{DEFAULT_STOP_TIMEOUT, DRAIN_ANNOUNCE_EVERY, RunningServices, ServiceRunner, Shutdown},
+    service::{Entrypoints, Lifecycle, Service},
     setup::{Resources, SetupContext, Shared},
 };
 

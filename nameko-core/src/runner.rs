@@ -290,13 +290,49 @@ impl RunningServices {
         }
     }
 
+    /// How many workers run across every service (or are about to start).
+    pub fn running_workers(&self) -> usize {
+        self.containers.iter().map(ServiceContainer::running_workers).sum()
+    }
+
     /// Stops every service gracefully; kills when the stop timeout passes or `kill`
     /// completes first (a second Ctrl-C).
+    ///
+    /// The wait is announced at INFO ("waiting for N worker(s) to finish, deadline in
+    /// Xs"), again every [`DRAIN_ANNOUNCE_EVERY`] while workers still run, and reaching
+    /// the deadline at WARN, with the number of workers it cuts short.
     pub async fn shutdown(&self, kill: impl Future<Output = ()>) -> Shutdown {
+        let deadline = tokio::time::Instant::now() + self.stop_timeout;
+        tracing::info!(
+            workers = self.running_workers(),
+            "stopping: waiting for {} worker(s) to finish, deadline in {}",
+            self.running_workers(),
+            secs(self.stop_timeout)
+        );
+        let announce = async {
+            loop {
+                tokio::time::sleep(DRAIN_ANNOUNCE_EVERY).await;
+                let workers = self.running_workers();
+                if workers > 0 {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    tracing::info!(
+                        workers,
+                        "still waiting for {workers} worker(s) to finish, deadline in {}",
+                        secs(left)
+                    );
+                }
+            }
+        };
         tokio::select! {
             () = self.stop() => Shutdown::Graceful,
-            () = tokio::time::sleep(self.stop_timeout) => {
-                tracing::warn!(timeout = ?self.stop_timeout, "graceful stop timed out; killing");
+            () = tokio::time::sleep_until(deadline) => {
+                let workers = self.running_workers();
+                tracing::warn!(
+                    workers,
+                    timeout = ?self.stop_timeout,
+                    "stop deadline of {} reached with {workers} worker(s) still running: killing",
+                    secs(self.stop_timeout)
+                );
                 self.kill();
                 Shutdown::Killed
             }
@@ -305,6 +341,14 @@ impl RunningServices {
                 self.kill();
                 Shutdown::Killed
             }
+            _ = announce => unreachable!("the announcements never end"),
         }
     }
+}
+
+/// How often [`RunningServices::shutdown`] repeats that it is waiting for workers.
+pub const DRAIN_ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+fn secs(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
 }

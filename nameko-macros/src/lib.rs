@@ -92,6 +92,12 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 ///     #[entrypoint(Once::<()>::new(()))]         // any `Entrypoint` value
 ///     async fn seed(&self) -> Result<(), GreetingError> { Ok(()) }
 ///
+///     #[on_start]                                // before any entrypoint takes work
+///     async fn warm_up(&self) -> Result<(), GreetingError> { Ok(()) }
+///
+///     #[on_stop]                                 // after the workers finished
+///     async fn flush(&self) -> Result<(), GreetingError> { Ok(()) }
+///
 ///     fn helper(&self) {}                        // no attribute: left alone
 /// }
 /// ```
@@ -113,6 +119,12 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 ///   `GET /ws`; the first parameter is the socket id (`String`), the others bind from
 ///   the frame's `data` by name as for `#[rpc]`. `#[ws_rpc(name = "...")]` renames it;
 ///   names are unique per runner. It stands alone (no stacking).
+/// - `#[on_start]` / `#[on_stop]`: hooks, not entrypoints (`async fn name(&self) ->
+///   Result<(), E>`, no other parameter, no entrypoint attribute beside them). Each runs
+///   on a worker of its own with the service's dependencies, as a worker does
+///   (`nameko::core::Lifecycle` says when): `on_start` hooks before the entrypoints
+///   start (an error fails the start), `on_stop` hooks during a graceful stop, after
+///   the running workers finished and before the dependencies stop.
 ///
 /// `#[rpc]` and `#[event_handler]` stack on a one-parameter method. The helper
 /// attributes only exist inside `#[service]`. Also registers the service with the

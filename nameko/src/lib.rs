@@ -92,7 +92,7 @@ pub mod __private {
     pub use ::async_trait::async_trait;
     pub use ::nameko_core::{
         Dependencies, Dependency, DependencyError, Entrypoints, HandlerError, HandlerResult, IntoHandlerError,
-        Provider, ProviderSlot, Providers, RemoteError, Service, WorkerBuilder,
+        Lifecycle, Provider, ProviderSlot, Providers, RemoteError, Service, WorkerBuilder,
     };
     #[cfg(feature = "ws")]
     pub use ::nameko_extensions::ws::WsRpcEntrypoint;

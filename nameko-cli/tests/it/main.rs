@@ -2,5 +2,6 @@
 //! hand (`support`).
 
 mod cli;
+mod logging;
 mod support;
 mod verbs;

@@ -25,7 +25,7 @@ use crate::{
     entrypoint::Binding,
     error::{SetupError, WorkerError},
     extension::BoundEntrypoint,
-    service::{Entrypoints, Service},
+    service::{Entrypoints, Hook, Lifecycle, Service},
     setup::{Resources, SetupContext, Shared},
 };
 
@@ -56,6 +56,19 @@ pub enum ContainerError {
         /// Why.
         #[source]
         source: SetupError,
+    },
+    /// An `on_start` hook failed or panicked.
+    #[error("service `{service}`: {kind} hook `{hook}` failed: {source}")]
+    Hook {
+        /// The service.
+        service: &'static str,
+        /// `on_start`.
+        kind: &'static str,
+        /// The hook's method.
+        hook: &'static str,
+        /// How it failed.
+        #[source]
+        source: Box<WorkerError>,
     },
     /// `only_entrypoints` named a method the service does not have.
     #[error("service `{service}` has no entrypoint `{method}`; it has: {}", known.join(", "))]
@@ -296,10 +309,26 @@ impl<S: Service> ServiceContainerBuilder<S> {
             }
         }
 
+        let mut lifecycle = Lifecycle::<S>::new();
+        S::lifecycle(&mut lifecycle);
+        for hook in &lifecycle.on_start {
+            if let Err(source) = worker::run_hook(&core, hook).await {
+                entrypoints.iter().for_each(|ep| ep.extension.kill());
+                handles.iter().for_each(ProviderHandle::kill);
+                return Err(ContainerError::Hook {
+                    service: S::NAME,
+                    kind: hook.kind,
+                    hook: hook.name,
+                    source: Box::new(source),
+                });
+            }
+        }
+
         let container = Container {
             core,
             entrypoints,
             providers: handles,
+            on_stop: lifecycle.on_stop,
             state: AtomicU8::new(RUNNING),
         };
         let container = ServiceContainer {
@@ -386,6 +415,7 @@ struct Container<S: Service> {
     core: Arc<Core<S>>,
     entrypoints: Vec<BoundEntrypoint>,
     providers: Vec<ProviderHandle>,
+    on_stop: Vec<Hook<S>>,
     state: AtomicU8,
 }
 
@@ -430,6 +460,16 @@ impl<S: Service> ErasedContainer for Container<S> {
             self.core.stopping.cancel();
             self.core.tracker.close();
             self.core.tracker.wait().await;
+            for hook in &self.on_stop {
+                if let Err(err) = worker::run_hook(&self.core, hook).await {
+                    tracing::error!(
+                        service = S::NAME,
+                        hook = hook.name,
+                        "on_stop hook `{}` failed: {err}",
+                        hook.name
+                    );
+                }
+            }
             join_all(self.providers.iter().map(ProviderHandle::stop)).await;
             let _ = self
                 .state

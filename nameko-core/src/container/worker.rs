@@ -14,7 +14,7 @@ use crate::{
     dependency::{Outcome, Providers, WorkerBuilder},
     entrypoint::{Deliver, Reserved, Spawner},
     error::{IntoHandlerError, SpawnError, WorkerError},
-    service::Service,
+    service::{Hook, Service},
     util::panic_message,
 };
 
@@ -203,35 +203,86 @@ where
             Deliver::Then(_) => String::new(),
         };
         let handler = Arc::clone(&self.handler);
-        tokio::spawn(async move {
-            let Reserved { token, permits } = reserved;
-            // Display, not Debug: no escaping pass over every field of every worker.
-            let span = tracing::info_span!(
-                "worker",
-                service = %cx.service_name(),
-                entrypoint = %cx.entrypoint().method(),
-                call_id = %cx.call_id(),
-                trace_id = %cx.trace_id(),
-            );
-            // Borrowed, not cloned: a token's clone and drop each lock its shared node.
-            let lifecycle = run_lifecycle(&core, &*handler, &cx, request).instrument(span);
-            let result = tokio::select! {
-                biased;
-                () = core.killed.cancelled() => Err(WorkerError::Killed),
-                result = lifecycle => result,
-            };
-            drop(permits);
-            if core.reports.receiver_count() > 0 {
-                let _ = core.reports.send(WorkerReport::new(&cx, &result));
+        // Display, not Debug: no escaping pass over every field of every worker. The
+        // span covers the whole task, the entrypoint's continuation (reply, ack) too, so
+        // every line a worker logs names its service, entrypoint, call id and trace id.
+        let span = tracing::info_span!(
+            "worker",
+            service = %cx.service_name(),
+            entrypoint = %cx.entrypoint().method(),
+            call_id = %cx.call_id(),
+            trace_id = %cx.trace_id(),
+        );
+        tokio::spawn(
+            async move {
+                let Reserved { token, permits } = reserved;
+                let started = std::time::Instant::now();
+                // Borrowed, not cloned: a token's clone and drop each lock its shared node.
+                let lifecycle = run_lifecycle(&core, &*handler, &cx, request);
+                let result = tokio::select! {
+                    biased;
+                    () = core.killed.cancelled() => Err(WorkerError::Killed),
+                    result = lifecycle => result,
+                };
+                drop(permits);
+                log_finished(&result, started.elapsed());
+                if core.reports.receiver_count() > 0 {
+                    let _ = core.reports.send(WorkerReport::new(&cx, &result));
+                }
+                match deliver {
+                    // The caller may have gone away; the worker ran to the end regardless.
+                    Deliver::Handle(tx) => drop(tx.send(result)),
+                    Deliver::Then(then) => then(result).await,
+                }
+                drop(token);
             }
-            match deliver {
-                // The caller may have gone away; the worker ran to the end regardless.
-                Deliver::Handle(tx) => drop(tx.send(result)),
-                Deliver::Then(then) => then(result).await,
-            }
-            drop(token);
-        });
+            .instrument(span),
+        );
         call_id
+    }
+}
+
+/// Runs an `on_start`/`on_stop` hook on a worker of its own, through the whole
+/// lifecycle (dependencies, hooks, result, teardown), in a `worker` span; no slot.
+pub(crate) async fn run_hook<S: Service>(core: &Core<S>, hook: &Hook<S>) -> Result<(), WorkerError> {
+    let info = EntrypointInfo::new(hook.name, hook.kind);
+    let cx = WorkerContext::new(
+        S::NAME,
+        info,
+        ContextData::new(),
+        core.config.clone(),
+        Extensions::new(),
+    );
+    let span = tracing::info_span!(
+        "worker",
+        service = %cx.service_name(),
+        entrypoint = %cx.entrypoint().method(),
+        call_id = %cx.call_id(),
+        trace_id = %cx.trace_id(),
+    );
+    let run = &hook.run;
+    async {
+        let started = std::time::Instant::now();
+        let result = run_lifecycle(core, &|worker: S, ()| run(worker), &cx, ()).await;
+        log_finished(&result, started.elapsed());
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// The framework's per-call line (DEBUG): how the worker ended and how long it took,
+/// hooks included. A killed worker is a WARN: the kill cut it short.
+fn log_finished<T>(result: &Result<T, WorkerError>, elapsed: std::time::Duration) {
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    match result {
+        Ok(_) => tracing::debug!(outcome = "success", duration_ms, "worker finished"),
+        Err(WorkerError::Failed(err)) if err.is_expected() => {
+            tracing::debug!(outcome = "expected failure", duration_ms, "worker finished");
+        }
+        Err(WorkerError::Failed(_)) => tracing::debug!(outcome = "failure", duration_ms, "worker finished"),
+        Err(WorkerError::Panicked(_)) => tracing::debug!(outcome = "panic", duration_ms, "worker finished"),
+        Err(_) => tracing::warn!(outcome = "killed", duration_ms, "worker killed"),
     }
 }
 
@@ -273,7 +324,7 @@ where
         ),
     };
     match &outcome {
-        Outcome::Success => tracing::debug!("worker succeeded"),
+        Outcome::Success => {}
         Outcome::Failure(err) if err.is_expected() => {
             tracing::warn!(error = %err, "worker failed (expected)");
         }

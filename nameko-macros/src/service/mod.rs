@@ -2,6 +2,7 @@
 //! of its methods and implements `Service`.
 
 mod entrypoint;
+mod hooks;
 mod method;
 mod timer;
 
@@ -67,13 +68,22 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
     }
 
     let krate = &args.krate;
+    let p = quote!(#krate::__private);
     let mut registrations = Vec::new();
+    let mut hook_registrations = Vec::new();
     // (kind, registered name) -> already declared.
     let mut declared: HashMap<(&'static str, String), ()> = HashMap::new();
     for impl_item in &mut item.items {
         let ImplItem::Fn(f) = impl_item else { continue };
+        let hook_attrs = hooks::take(&cx, &mut f.attrs);
         let attrs = entrypoint::take(&cx, &mut f.attrs);
         let renames = method::take_arg_attrs(&cx, &mut f.sig);
+        if !hook_attrs.is_empty() {
+            if let Some(tokens) = hooks::expand(&cx, &hook_attrs, &attrs, &f.sig, &p) {
+                hook_registrations.push(tokens);
+            }
+            continue;
+        }
         let renamed = renames.iter().any(Option::is_some);
         if attrs.is_empty() {
             if renamed {
@@ -120,7 +130,13 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
     let name = args.name.expect("checked above");
     let self_ty = &item.self_ty;
-    let p = quote!(#krate::__private);
+    let lifecycle = (!hook_registrations.is_empty()).then(|| {
+        quote! {
+            fn lifecycle(hooks: &mut #p::Lifecycle<Self>) {
+                #( #hook_registrations )*
+            }
+        }
+    });
     Ok(quote! {
         #item
 
@@ -135,6 +151,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 fn entrypoints(entrypoints: &mut #p::Entrypoints<Self>) {
                     #( #registrations )*
                 }
+
+                #lifecycle
             }
         };
 
@@ -164,6 +182,7 @@ pub(crate) fn fallback(item: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     for impl_item in &mut item.items {
         if let ImplItem::Fn(f) = impl_item {
+            hooks::take(&cx, &mut f.attrs);
             entrypoint::take(&cx, &mut f.attrs);
             method::take_arg_attrs(&cx, &mut f.sig);
         }

@@ -1,0 +1,263 @@
+//! The graceful stop of DESIGN §5, as a process against RabbitMQ: SIGTERM with 200
+//! slow calls in flight (and 50 more waiting in the queue) answers every delivered
+//! one and leaves nothing unacknowledged; a second SIGTERM kills at once; a hung
+//! handler is cut at `--stop-timeout` and its request goes back to the queue.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use nameko::rpc::ClusterRpc;
+use nameko_testing::RabbitMq;
+use serde_json::json;
+
+/// The binary running one service against the test's RabbitMQ, its stderr collected.
+struct Service {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Service {
+    fn start(rabbit: &RabbitMq, args: &[&str]) -> Self {
+        let exchange = format!("rpc_exchange={}", rabbit.rpc_exchange());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_example-slow"))
+            .args(["run", "--broker", &rabbit.url(), "--define", &exchange])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("NAMEKO_LOG_FORMAT")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the example binary starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let log = Arc::clone(&log);
+            let stderr = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            })
+        };
+        Self {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` lines contain `text`.
+    async fn wait_for_lines(&self, text: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = self.log().iter().filter(|l| l.contains(text)).count();
+            if seen >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{seen} of {count} `{text}` lines in 60 s; log: {:#?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (at most 60 s) and returns its exit code.
+    async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
+                }
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after 60 s; log: {:#?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    /// A failing test must not leave the process consuming what the fixture deletes.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_every_call_in_flight_and_leaves_nothing_unacked() {
+    /// In flight: `max_workers` and the prefetch.
+    const CALLS: usize = 200;
+    /// Beyond the prefetch: never delivered, they wait in the queue.
+    const QUEUED: usize = 50;
+    let Some(rabbit) = RabbitMq::from_env().await else {
+        return;
+    };
+    rabbit.claim_service("slow");
+    let mut service = Service::start(&rabbit, &["slow", "--define", "max_workers=200"]);
+    rabbit
+        .wait_for_consumers("rpc-slow", 1, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log: {:#?}", service.log()));
+    let client = ClusterRpc::connect(rabbit.broker(), &rabbit.config(json!(null)))
+        .await
+        .unwrap();
+    rabbit.claim_queue(client.client().reply_queue());
+    let mut replies = Vec::new();
+    for _ in 0..CALLS + QUEUED {
+        replies.push(client.call_async("slow", "sleep", json!([2000])).await.unwrap());
+    }
+    // 200 calls have started their workers; the other 50 wait in the queue.
+    service.wait_for_lines("sleeping 2000 ms", CALLS).await;
+    service.terminate();
+    let queued = replies.split_off(CALLS);
+
+    for reply in replies {
+        assert_eq!(reply.result().await.unwrap(), json!(2000), "log: {:#?}", service.log());
+    }
+    assert_eq!(service.exit_code().await, Some(0), "log: {:#?}", service.log());
+    let log = service.log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains(&format!("waiting for {CALLS} worker(s) to finish, deadline in 30.0s"))),
+        "{log:#?}"
+    );
+    assert!(log.iter().any(|l| l.contains("every service stopped")), "{log:#?}");
+    assert_eq!(
+        log.iter().filter(|l| l.contains("sleeping 2000 ms")).count(),
+        CALLS,
+        "only the delivered calls ran; log: {log:#?}"
+    );
+    // The process is gone, so anything it left unacknowledged would be ready again:
+    // only the 50 never delivered are.
+    let counts = rabbit
+        .queue_counts("rpc-slow")
+        .await
+        .unwrap()
+        .expect("the queue is durable");
+    assert_eq!((counts.ready, counts.consumers), (QUEUED as u32, 0), "{log:#?}");
+    drop(queued);
+    client.client().stop().await;
+    rabbit.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_handler_is_cut_at_the_deadline_and_its_request_requeued() {
+    let Some(rabbit) = RabbitMq::from_env().await else {
+        return;
+    };
+    rabbit.claim_service("hung");
+    let mut service = Service::start(&rabbit, &["hung", "--stop-timeout", "1"]);
+    rabbit
+        .wait_for_consumers("rpc-hung", 1, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log: {:#?}", service.log()));
+    let client = ClusterRpc::connect(rabbit.broker(), &rabbit.config(json!(null)))
+        .await
+        .unwrap();
+    rabbit.claim_queue(client.client().reply_queue());
+    let reply = client.call_async("hung", "hang", json!([])).await.unwrap();
+    service.wait_for_lines("hanging", 1).await;
+
+    let signalled = Instant::now();
+    service.terminate();
+    // `run` exits 1 after a kill (the CLI's documented exit codes).
+    assert_eq!(service.exit_code().await, Some(1), "log: {:#?}", service.log());
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "{took:?}; log: {:#?}",
+        service.log()
+    );
+    let log = service.log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("waiting for 1 worker(s) to finish, deadline in 1.0s")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("stop deadline of 1.0s reached with 1 worker(s) still running: killing")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("killed before they could stop gracefully")),
+        "{log:#?}"
+    );
+    // The request was never acknowledged: RabbitMQ has it ready for another instance.
+    let counts = rabbit
+        .queue_counts("rpc-hung")
+        .await
+        .unwrap()
+        .expect("the queue is durable");
+    assert_eq!((counts.ready, counts.consumers), (1, 0), "{log:#?}");
+    drop(reply);
+    client.client().stop().await;
+    rabbit.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_kills_at_once() {
+    let Some(rabbit) = RabbitMq::from_env().await else {
+        return;
+    };
+    rabbit.claim_service("stubborn");
+    let mut service = Service::start(&rabbit, &["stubborn", "--stop-timeout", "60"]);
+    rabbit
+        .wait_for_consumers("rpc-stubborn", 1, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log: {:#?}", service.log()));
+    let client = ClusterRpc::connect(rabbit.broker(), &rabbit.config(json!(null)))
+        .await
+        .unwrap();
+    rabbit.claim_queue(client.client().reply_queue());
+    let reply = client.call_async("stubborn", "hang", json!([])).await.unwrap();
+    service.wait_for_lines("hanging", 1).await;
+
+    service.terminate();
+    service
+        .wait_for_lines("waiting for 1 worker(s) to finish, deadline in 60.0s", 1)
+        .await;
+    let signalled = Instant::now();
+    service.terminate();
+    assert_eq!(service.exit_code().await, Some(1), "log: {:#?}", service.log());
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}; log: {:#?}", service.log());
+    let log = service.log();
+    assert!(log.iter().any(|l| l.contains("received again: killing")), "{log:#?}");
+    let counts = rabbit
+        .queue_counts("rpc-stubborn")
+        .await
+        .unwrap()
+        .expect("the queue is durable");
+    assert_eq!((counts.ready, counts.consumers), (1, 0), "{log:#?}");
+    drop(reply);
+    client.client().stop().await;
+    rabbit.cleanup().await.unwrap();
+}
