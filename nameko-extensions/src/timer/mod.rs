@@ -281,7 +281,9 @@ impl TimerEntrypoint {
     /// unacknowledged (surplus tokens are acknowledged away). When that instance stops,
     /// or dies, or loses its connection, its channel closes, the token goes back to the
     /// queue and the broker hands it to the next consumer, which starts its schedule
-    /// from then. With a runner's readiness, the timer reports itself as
+    /// from then. A lost connection can lose the token (the queue goes with its last
+    /// consumer), so each instance puts one back whenever its connection recovers;
+    /// the firer acknowledges the spare ones away. With a runner's readiness, the timer reports itself as
     /// `timer <service>.<method> (firing)` or `(standing by)`; both are ready.
     #[must_use]
     pub fn cluster_singleton(mut self, singleton: bool) -> Self {

@@ -56,6 +56,8 @@ pub(crate) struct Election {
     queue: String,
     consumer: Arc<QueueConsumer>,
     role: Arc<Role>,
+    /// Ends the task that puts a token back after each recovery.
+    reseeding: CancellationToken,
 }
 
 impl Election {
@@ -74,6 +76,7 @@ impl Election {
                 name: format!("{service}.{method}"),
                 part: Mutex::new(None),
             }),
+            reseeding: CancellationToken::new(),
         }
     }
 
@@ -93,6 +96,7 @@ impl Election {
             .await
             .map_err(|err| failed("publish its token", &err))?;
         self.role.set(false);
+        self.reseed_after_recoveries();
         let handler = Arc::new(Tokens {
             plan,
             tick,
@@ -113,28 +117,75 @@ impl Election {
     }
 
     async fn put_token(&self) -> Result<(), crate::broker::BrokerError> {
-        self.broker
-            .publish(Publish {
-                exchange: String::new(),
-                routing_key: self.queue.clone(),
-                mandatory: false,
-                properties: Properties::default(),
-                body: Bytes::from_static(b"timer token"),
-            })
-            .await
-            .map(drop)
+        put_token(&self.broker, &self.queue).await
+    }
+
+    /// After every recovery of this instance's connection, puts one more token in the
+    /// queue. A lost connection can lose the token: the queue is auto-delete, so when
+    /// every instance lost its connection (a broker restart) it is gone with its token;
+    /// and a token redelivered to the old firer before it learns of the loss is taken
+    /// for a surplus one and acknowledged away. A spare token costs nothing — the firer
+    /// acknowledges surplus ones — while a missing one would stop the timer for good.
+    fn reseed_after_recoveries(&self) {
+        let mut events = self.broker.events();
+        let broker = Arc::clone(&self.broker);
+        let topology = self.consumer_topology().clone();
+        let queue = self.queue.clone();
+        let done = self.reseeding.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = done.cancelled() => return,
+                    event = events.recv() => event,
+                };
+                match event {
+                    Ok(ConnectionEvent::Recovered) => {
+                        let reseeded = match broker.declare(&topology).await {
+                            Ok(()) => put_token(&broker, &queue).await,
+                            Err(err) => Err(err),
+                        };
+                        match reseeded {
+                            Ok(()) => tracing::debug!(queue = %queue, "connection recovered: put a timer token back"),
+                            Err(err) => tracing::warn!(
+                                queue = %queue,
+                                %err,
+                                "connection recovered, but the timer token could not be put back; \
+                                 the next recovery tries again"
+                            ),
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                }
+            }
+        });
     }
 
     /// Stops firing (a running tick ends first), then gives the token back.
     pub(crate) async fn stop(&self) {
+        self.reseeding.cancel();
         self.consumer.stop().await;
         self.role.clear();
     }
 
     pub(crate) fn kill(&self) {
+        self.reseeding.cancel();
         self.consumer.kill();
         self.role.clear();
     }
+}
+
+async fn put_token(broker: &SharedBroker, queue: &str) -> Result<(), crate::broker::BrokerError> {
+    broker
+        .publish(Publish {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            mandatory: false,
+            properties: Properties::default(),
+            body: Bytes::from_static(b"timer token"),
+        })
+        .await
+        .map(drop)
 }
 
 /// Handles the election queue's deliveries: the first token makes this instance the

@@ -346,6 +346,75 @@ async fn only_one_instance_fires_on_the_memory_broker() {
     assert!(leftover.is_empty(), "the election queue is auto-delete: {leftover:?}");
 }
 
+/// Starts `Single` on `broker` with its own tick counter and readiness.
+async fn single_on(broker: Arc<dyn Broker>) -> (ServiceContainer, Arc<Ticks>, Readiness) {
+    let (ticks, readiness) = (Ticks::new(Duration::ZERO), Readiness::new());
+    let container = ServiceContainer::builder::<Single>()
+        .resource(Arc::clone(&ticks))
+        .resource(Arc::new(readiness.clone()))
+        .resource::<dyn Broker>(broker)
+        .start()
+        .await
+        .unwrap();
+    (container, ticks, readiness)
+}
+
+#[tokio::test]
+async fn a_lone_singleton_fires_again_after_its_connection_recovers() {
+    // The election queue is auto-delete: losing its only consumer's connection deletes
+    // it with its token, as a RabbitMQ restart would. After recovery the instance puts
+    // a token back and fires again.
+    let broker = MemoryBroker::new();
+    let connection = broker.connect();
+    let (container, ticks, readiness) = single_on(Arc::new(connection.clone())).await;
+    within_20s("the instance fires", || ticks.count() >= 3).await;
+
+    connection.sever();
+    let lost_at = ticks.count();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(ticks.count() <= lost_at + 1, "no firing without a connection");
+    connection.reconnect().unwrap();
+    within_20s("the instance fires again after recovery", || {
+        ticks.count() >= lost_at + 3
+    })
+    .await;
+    assert_eq!(roles(&readiness), ["timer single.tick (firing)"]);
+    container.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_connection_loss_one_instance_fires_and_the_spare_token_is_dropped() {
+    let broker = MemoryBroker::new();
+    let (conn_a, conn_b) = (broker.connect(), broker.connect());
+    let (a, ticks_a, _) = single_on(Arc::new(conn_a.clone())).await;
+    within_20s("the first instance fires", || ticks_a.count() >= 3).await;
+    let (b, ticks_b, ready_b) = single_on(Arc::new(conn_b.clone())).await;
+
+    // The firer's connection goes: its token returns to the queue and the other
+    // instance takes over.
+    conn_a.sever();
+    within_20s("the second instance takes over", || ticks_b.count() >= 3).await;
+    // The first comes back and puts a token back; the firer drops it as surplus, so
+    // one instance fires, and one token is left (held by the firer).
+    conn_a.reconnect().unwrap();
+    let (from_a, from_b) = (ticks_a.count(), ticks_b.count());
+    within_20s("the second instance goes on firing", || ticks_b.count() >= from_b + 5).await;
+    assert_eq!(ticks_a.count(), from_a, "the recovered instance stands by");
+    assert_eq!(roles(&ready_b), ["timer single.tick (firing)"]);
+    let queue = broker
+        .list_queues()
+        .into_iter()
+        .find(|q| q.queue.name == "timer-single.tick")
+        .expect("the election queue");
+    assert_eq!(queue.ready, 0, "the spare token was acknowledged away: {queue:?}");
+    assert_eq!(queue.unacked, 1, "the firer holds one token: {queue:?}");
+
+    // And the token still moves on a graceful stop.
+    b.stop().await;
+    within_20s("the recovered instance takes over", || ticks_a.count() >= from_a + 3).await;
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn the_election_queue_is_named_and_flagged_as_documented() {
     let broker = MemoryBroker::new();
