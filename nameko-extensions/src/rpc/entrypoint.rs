@@ -13,6 +13,7 @@ use std::{
 use bytes::Bytes;
 use nameko_core::{
     Binding, ContextData, Entrypoint, Extension, Extensions, RemoteError, SetupContext, SetupError, WorkerError,
+    describe::INSPECT_METHOD,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -120,6 +121,9 @@ pub(super) struct RpcConsumer {
     consumer: Arc<QueueConsumer>,
     started: tokio::sync::OnceCell<()>,
     registered: Mutex<usize>,
+    /// The answer of the built-in introspection RPC
+    /// ([`INSPECT_METHOD`](nameko_core::describe::INSPECT_METHOD)).
+    description: Value,
 }
 
 impl RpcConsumer {
@@ -129,6 +133,7 @@ impl RpcConsumer {
         exchange: String,
         prefetch: u16,
         readiness: Option<&nameko_core::Readiness>,
+        description: Value,
     ) -> Self {
         let queue = rpc_queue(service);
         let topology = Topology::new()
@@ -144,6 +149,7 @@ impl RpcConsumer {
             consumer,
             started: tokio::sync::OnceCell::new(),
             registered: Mutex::new(0),
+            description,
         }
     }
 
@@ -230,6 +236,7 @@ impl RpcConsumer {
             .routing_key
             .strip_prefix(self.service)
             .and_then(|rest| rest.strip_prefix('.'));
+        let inspect = method == Some(INSPECT_METHOD);
         let reply_to = delivery.properties.reply_to.clone().filter(|r| !r.is_empty());
         let checked = check_request(&delivery).and_then(|args| {
             let name = method.unwrap_or(delivery.routing_key.as_str());
@@ -252,6 +259,12 @@ impl RpcConsumer {
             reply_to,
             _settling: settling,
         };
+        // The built-in introspection RPC: answered here, without a worker.
+        if inspect && checked.is_err() {
+            let reply = check_request(&pending.delivery).map(|_| pending.consumer.description.clone());
+            pending.finish(Handled::Reply(reply)).await;
+            return;
+        }
         match checked {
             Ok((handler, args)) => {
                 let data = context_from_headers(pending.delivery.properties.headers.as_ref());
@@ -344,6 +357,12 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for RpcEntryp
             )));
         }
         let method = binding.info().method();
+        if method.starts_with("_nameko_") {
+            return Err(SetupError::new(format!(
+                "method name `{method}` starts with `_nameko_`, which is reserved for the framework's own RPCs \
+                 (`{INSPECT_METHOD}`): rename it"
+            )));
+        }
         if method.contains('.') {
             return Err(SetupError::new(format!(
                 "method name `{method}` contains a dot: it could never be called"
@@ -352,8 +371,9 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for RpcEntryp
         let exchange = cx.config().rpc_exchange().to_owned();
         let prefetch = u16::try_from(cx.config().max_workers()).unwrap_or(u16::MAX);
         let readiness = transport::readiness(cx);
+        let description = serde_json::to_value(cx.service_description()).unwrap_or(Value::Null);
         let consumer = cx.shared().get_or_insert_with(&format!("rpc-consumer/{service}"), || {
-            RpcConsumer::new(service, broker, exchange, prefetch, readiness.as_ref())
+            RpcConsumer::new(service, broker, exchange, prefetch, readiness.as_ref(), description)
         });
         consumer.register(method, Arc::new(Method { binding }));
         self.consumer = Some(consumer);
