@@ -26,6 +26,15 @@ pub enum Command {
     List,
     /// Prints the merged configuration, with passwords masked.
     ShowConfig(ConfigArgs),
+    /// Lists the services of the cluster with their instance counts.
+    #[command(after_help = crate::discover::DISCOVER_HELP)]
+    Discover(crate::discover::DiscoverArgs),
+    /// Shows a service's entrypoints, parameters and doc lines (its introspection RPC).
+    #[command(after_help = crate::inspect::INSPECT_HELP)]
+    Inspect(crate::inspect::InspectArgs),
+    /// Streams the log lines of every instance of services that opted in (`LOG_STREAM`).
+    #[command(after_help = crate::tail::TAIL_HELP)]
+    Tail(crate::tail::TailArgs),
 }
 
 /// Where the configuration comes from: `--config`, `--define`, `--broker`.
@@ -59,6 +68,10 @@ pub struct RunArgs {
     /// How long a graceful stop may take before running workers are killed.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub stop_timeout: Duration,
+    /// Runs several instances of a service in this process (`greeting=3`); repeatable,
+    /// or a comma-separated list.
+    #[arg(long, value_name = "SERVICE=N", value_delimiter = ',', value_parser = crate::instances::parse_instances)]
+    pub instances: Vec<(String, usize)>,
 }
 
 /// The transport asked for with `--transport`.
@@ -71,7 +84,7 @@ pub enum TransportKind {
     Memory,
 }
 
-fn parse_secs(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_secs(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()

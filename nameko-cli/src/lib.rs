@@ -35,6 +35,24 @@
 //! - `list`: the services built into the binary, with their entrypoints.
 //! - `show-config [--config FILE] [--define KEY=VALUE]... [--broker URI]`: the merged
 //!   configuration as YAML, passwords masked.
+//! - `run --instances SERVICE=N`: runs `N` instances of a service in this process
+//!   (repeatable, or `greeting=3,listen=2`), each with its own consumers, as `N`
+//!   processes would; their log lines carry `instance=n/N`.
+//! - `discover [SERVICE...]`: the services of the cluster (Rust and Python) with their
+//!   instance counts, from the RabbitMQ management API (`MANAGEMENT_URI`, default
+//!   `http://<AMQP user>:<password>@<AMQP host>:15672/`); without it, says so and checks
+//!   each named service's `rpc-<service>` queue. Exit 1 when a named service is absent.
+//! - `inspect SERVICE [--json]`: a service's entrypoints, parameters and doc lines, from
+//!   the built-in introspection RPC `<service>._nameko_inspect`
+//!   ([`INSPECT_METHOD`](nameko_core::describe::INSPECT_METHOD)) every Rust service with
+//!   an RPC entrypoint answers without a worker. A Python Nameko service is reported as
+//!   not introspectable (exit 0); an unknown service exits 1.
+//! - `tail SERVICE...`: prints the log lines of every instance of the services until
+//!   SIGTERM or Ctrl-C. A service opts in with `LOG_STREAM: true` (or a list of
+//!   services) in its config; see [`log_stream`].
+//!
+//! `discover`, `inspect` and `tail` need no compiled-in service: the standalone `nameko`
+//! binary has them too.
 //!
 //! Configuration precedence: the file < `NAMEKO_<KEY>` environment variables <
 //! `--define` < `--broker`.
@@ -56,9 +74,15 @@
 //! be killed; `2` for usage errors.
 
 mod args;
+mod discover;
+mod inspect;
+mod instances;
+pub mod log_stream;
 mod logging;
+mod management;
 mod mask;
 mod signals;
+mod tail;
 mod transport;
 
 use std::{
@@ -76,9 +100,13 @@ use nameko_core::{BoxError, Config, ConfigError, ContainerError, Resources, Serv
 
 pub use crate::{
     args::{Command, ConfigArgs, RunArgs, TransportKind},
+    discover::DiscoverArgs,
+    inspect::InspectArgs,
+    log_stream::{LogStreamLayer, log_stream_layer},
     logging::{FORCED_DIRECTIVES, init_logging},
     mask::{MASK, mask_secrets, render_config},
     signals::{Signal, SignalSender, Signals},
+    tail::TailArgs,
     transport::{Transport, TransportError},
 };
 
@@ -122,6 +150,9 @@ pub enum CliError {
     /// The services did not stop in time, or a second signal asked to kill them.
     #[error("the services were killed before they could stop gracefully")]
     Killed,
+    /// `discover`, `inspect`, `tail` or the log stream failed; the message says why.
+    #[error("{0}")]
+    Discovery(String),
 }
 
 /// The command line of a service binary: `run`, `list`, `show-config`.
@@ -171,8 +202,8 @@ impl Cli {
     }
 
     /// The command line of the standalone `nameko` binary, which holds no services:
-    /// `show-config` works; `run` and `list` explain that they belong to the user's own
-    /// binary and exit with 2.
+    /// `show-config`, `discover`, `inspect` and `tail` work; `run` and `list` explain
+    /// that they belong to the user's own binary and exit with 2.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -388,6 +419,18 @@ impl Cli {
             Command::ShowConfig(config) => {
                 load_config(&config).and_then(|config| Ok(write!(stdout, "{}", render_config(&config))?))
             }
+            Command::Discover(args) => match load_config(&args.config) {
+                Ok(config) => discover::discover(&args, &config, &mut stdout).await,
+                Err(err) => Err(err),
+            },
+            Command::Inspect(args) => match load_config(&args.config) {
+                Ok(config) => inspect::inspect(&args, &config, &mut stdout).await,
+                Err(err) => Err(err),
+            },
+            Command::Tail(args) => match load_config(&args.config) {
+                Ok(config) => tail::tail(&args, &config, &mut signals, &mut stdout).await,
+                Err(err) => Err(err),
+            },
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -401,19 +444,27 @@ impl Cli {
     async fn run_services(self, args: RunArgs, signals: &mut Signals) -> Result<(), CliError> {
         let config = load_config(&args.config)?;
         let transport = Transport::select(args.transport, &config)?;
-        let runner = ServiceRunner::new(config.clone())
+        let mut runner = ServiceRunner::new(config.clone())
             .with_registered(&args.services)?
             .stop_timeout(args.stop_timeout);
+        for (service, count) in &args.instances {
+            runner = runner.instances(service, *count)?;
+        }
         if runner.service_names().is_empty() {
             return Err(CliError::NoServices);
         }
-        let services: Vec<String> = runner.service_names().iter().map(ToString::to_string).collect();
+        let mut services: Vec<String> = runner.service_names().iter().map(ToString::to_string).collect();
+        services.dedup();
         let readiness = runner.readiness();
         let _log_readiness = AbortOnDrop(tokio::spawn(log_readiness(readiness.clone())));
         let connected = std::sync::atomic::AtomicBool::new(false);
+        let mut log_stream = None;
         let startup = async {
             let transport_resources = transport.resources_waiting(&services, &readiness).await?;
             connected.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(broker) = transport_resources.get::<dyn nameko_extensions::broker::Broker>() {
+                log_stream = log_stream::LogStream::start(broker, &config, &services).await?;
+            }
             let user_resources = match self.resources {
                 Some(hook) => hook(config).await.map_err(CliError::Resources)?,
                 None => Resources::new(),
@@ -448,9 +499,13 @@ impl Cli {
             } else {
                 entrypoints.join(", ")
             };
+            let instance = container
+                .instance()
+                .map(|i| format!(" (instance {i})"))
+                .unwrap_or_default();
             tracing::info!(
                 service = container.service_name(),
-                "started service `{}`; entrypoints: {entrypoints}",
+                "started service `{}`{instance}; entrypoints: {entrypoints}",
                 container.service_name()
             );
         }
@@ -471,6 +526,9 @@ impl Cli {
                 tracing::warn!("{signal} received again: killing");
             })
             .await;
+        if let Some(log_stream) = log_stream {
+            log_stream.finish().await;
+        }
         match shutdown {
             Shutdown::Killed => Err(CliError::Killed),
             _ => {
@@ -514,7 +572,7 @@ async fn log_readiness(readiness: nameko_core::Readiness) {
 const STANDALONE_HINT: &str = "error: the standalone `nameko` binary holds no services: Rust cannot load services \
      at run time. `run` and `list` are commands of your own service binary, whose main ends with \
      `nameko::cli::Cli::new().main()`; build it and run `your-binary run` (a library crate holding services must be \
-     linked into it: `use my_services as _;`). `nameko show-config` works here.";
+     linked into it: `use my_services as _;`). `nameko show-config`, `discover`, `inspect` and `tail` work here.";
 
 fn describe(timeout: Duration) -> String {
     format!("{}s", timeout.as_secs_f64())

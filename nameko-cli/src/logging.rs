@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// The directives always added to `RUST_LOG`: lapin logs returned messages with their
 /// headers and bodies at WARN, which would leak secrets.
@@ -23,6 +23,9 @@ pub fn init_logging() -> bool {
         .with_env_filter(env_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .finish()
+        // The slot `run` fills when `LOG_STREAM` opts services in (`tail`).
+        .with(crate::log_stream::log_stream_layer())
         .try_init()
         .is_ok()
 }

@@ -184,7 +184,7 @@ fn shown(parsed: &AmqpUri, tls: Option<&TlsOptions>) -> String {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

@@ -1,5 +1,5 @@
-//! The standalone `nameko` binary: `show-config` works; `run` and `list` explain that
-//! they are commands of the user's own service binary.
+//! The standalone `nameko` binary: `show-config`, `discover`, `inspect` and `tail` work;
+//! `run` and `list` explain that they are commands of the user's own service binary.
 
 fn main() -> std::process::ExitCode {
     nameko_cli::Cli::standalone()

@@ -2,4 +2,5 @@
 //! hand (`support`).
 
 mod cli;
+mod instances;
 mod support;
