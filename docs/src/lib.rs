@@ -11,6 +11,7 @@
 //! 8. [Joining a Python Nameko cluster](python_cluster)
 //! 9. [Timers](timers)
 //! 10. [WebSockets](websockets)
+//! 11. [The command line](cli)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -55,3 +56,6 @@ pub mod python_cluster {}
 
 #[doc = include_str!("../guide/websockets.md")]
 pub mod websockets {}
+
+#[doc = include_str!("../guide/cli.md")]
+pub mod cli {}
