@@ -274,6 +274,30 @@ async fn discover_and_inspect_rust_and_python_services() {
     assert_eq!(ran.code, Some(1), "{ran:?}");
     assert!(ran.stderr.contains("no service `nosuch`"), "{ran:?}");
 
+    // The instances' log lines tell them apart.
+    let rpc = ClusterRpc::connect(rabbit.broker(), &rabbit.config(json!(null)))
+        .await
+        .unwrap();
+    assert_eq!(
+        rpc.call("greeting", "greet", json!(["Ada"])).await.unwrap(),
+        json!("Hi, Ada!")
+    );
+    cluster.wait_for("greeting Ada visits=1", 10).await;
+    let line = cluster
+        .output()
+        .lines()
+        .find(|l| l.contains("greeting Ada visits=1"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        ["instance=1/3}", "instance=2/3}", "instance=3/3}"]
+            .iter()
+            .any(|i| line.contains(i)),
+        "{line}"
+    );
+    rpc.client().stop().await;
+    rabbit.broker().delete_queue(rpc.client().reply_queue()).await.unwrap();
+
     assert_eq!(cluster.terminate(), Some(0));
     drop(py_echo);
     rabbit.cleanup().await.unwrap();

@@ -214,7 +214,7 @@ where
                 instance = tracing::field::Empty,
             );
             if let Some(instance) = &core.instance {
-                span.record("instance", &**instance);
+                span.record("instance", tracing::field::display(&**instance));
             }
             let killed = core.killed.clone();
             let lifecycle = run_lifecycle(&core, &*handler, &cx, request).instrument(span);
