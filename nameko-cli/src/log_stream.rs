@@ -167,6 +167,21 @@ impl Visit for Message {
     }
 }
 
+impl Sink {
+    fn new(services: Vec<String>, sole: Option<String>, capacity: usize) -> (Arc<Self>, mpsc::Receiver<LogLine>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let sink = Arc::new(Self {
+            services,
+            sole,
+            host: crate::transport::hostname(),
+            pid: std::process::id(),
+            tx,
+            dropped: AtomicU64::new(0),
+        });
+        (sink, rx)
+    }
+}
+
 fn sink() -> Option<Arc<Sink>> {
     SINK.read().ok().and_then(|guard| guard.clone())
 }
@@ -283,15 +298,8 @@ impl LogStream {
             .declare(&Topology::new().exchange(Exchange::topic(&exchange)))
             .await
             .map_err(|error| CliError::Discovery(format!("cannot declare the log exchange `{exchange}`: {error}")))?;
-        let (tx, rx) = mpsc::channel(CAPACITY);
-        let sink = Arc::new(Sink {
-            services: opted.clone(),
-            sole: (services.len() == 1).then(|| services[0].clone()),
-            host: crate::transport::hostname(),
-            pid: std::process::id(),
-            tx,
-            dropped: AtomicU64::new(0),
-        });
+        let sole = (services.len() == 1).then(|| services[0].clone());
+        let (sink, rx) = Sink::new(opted.clone(), sole, CAPACITY);
         let publisher = tokio::spawn(PUBLISHING.scope((), publish(broker, exchange.clone(), rx, Arc::clone(&sink))));
         if let Ok(mut slot) = SINK.write() {
             *slot = Some(sink);
@@ -398,7 +406,47 @@ async fn publish(broker: SharedBroker, exchange: String, mut rx: mpsc::Receiver<
 
 #[cfg(test)]
 mod tests {
+    use tracing_subscriber::layer::SubscriberExt;
+
     use super::*;
+
+    #[tokio::test]
+    async fn the_layer_streams_opted_in_lines_drops_when_full_and_never_its_own() {
+        // (This module's own target is never streamed: the events name another.)
+        let (sink, mut rx) = Sink::new(vec!["greeting".to_owned()], None, 2);
+        *SINK.write().unwrap() = Some(Arc::clone(&sink));
+        let subscriber = tracing_subscriber::registry().with(log_stream_layer());
+        let dispatch = tracing::Dispatch::new(subscriber);
+        tracing::dispatcher::with_default(&dispatch, || {
+            let worker = tracing::info_span!("worker", service = "greeting", instance = tracing::field::Empty);
+            worker.record("instance", tracing::field::display("2/3"));
+            worker.in_scope(|| tracing::info!(target: "app", visits = 1, "greeting Ada"));
+            tracing::info!(target: "app", service = "listen", "not opted in");
+            tracing::info!(target: "app", "no service: the process runs several");
+            tracing::warn!(target: "lapin::channel", service = "greeting", "lapin's own");
+            tracing::info!(target: "app", service = "greeting", "second");
+            tracing::info!(target: "app", service = "greeting", "third: the channel is full");
+            tracing::info!(target: "app", service = "greeting", "fourth: dropped too");
+        });
+        PUBLISHING
+            .scope((), async {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    tracing::info!(target: "app", service = "greeting", "logged while publishing");
+                });
+            })
+            .await;
+        SINK.write().unwrap().take();
+        let first = rx.try_recv().expect("the first line was queued");
+        assert_eq!(
+            (first.service.as_str(), first.level.as_str(), first.message.as_str()),
+            ("greeting", "INFO", "greeting Ada visits=1")
+        );
+        assert_eq!(first.instance.as_deref(), Some("2/3"));
+        assert_eq!(first.pid, std::process::id());
+        assert_eq!(rx.try_recv().unwrap().message, "second service=greeting");
+        assert!(rx.try_recv().is_err(), "nothing else was queued");
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn log_stream_opts_in_all_or_some_and_names_bad_values() {
