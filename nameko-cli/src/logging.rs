@@ -10,7 +10,8 @@ pub const FORCED_DIRECTIVES: &[&str] = &["lapin::returned_messages=off"];
 
 /// Installs the CLI's log output: `tracing-subscriber`'s fmt layer on stderr, filtered
 /// by `RUST_LOG` (default `info`) plus [`FORCED_DIRECTIVES`], colored only on a
-/// terminal without `NO_COLOR`. Returns false, doing
+/// terminal without `NO_COLOR`, plus the [`LogStreamLayer`](crate::LogStreamLayer) that
+/// `run` feeds when `LOG_STREAM` opts services in. Returns false, doing
 /// nothing, when a global subscriber is already set. [`Cli::run`](crate::Cli::run) and
 /// [`Cli::main`](crate::Cli::main) call it.
 ///
