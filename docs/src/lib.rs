@@ -60,6 +60,7 @@ pub mod websockets {}
 
 #[doc = include_str!("../guide/cli.md")]
 pub mod cli {}
+
 #[doc = include_str!("../guide/extensions.md")]
 ///
 /// ## The whole example

@@ -43,6 +43,12 @@ pub enum Command {
     Shell(ShellArgs),
     /// Writes a completion script for bash, zsh or fish.
     Completions(CompletionsArgs),
+    /// Lists the services of the cluster with their instance counts.
+    Discover(crate::discover::DiscoverArgs),
+    /// Shows a service's entrypoints, parameters and doc lines (its introspection RPC).
+    Inspect(crate::inspect::InspectArgs),
+    /// Streams the log lines of every instance of services that opted in (`LOG_STREAM`).
+    Tail(crate::tail::TailArgs),
 }
 
 /// Where the configuration comes from: `--config`, `--define`, `--broker`.
@@ -85,6 +91,10 @@ pub struct RunArgs {
         default_value = "human"
     )]
     pub log_format: crate::LogFormat,
+    /// Runs several instances of a service in this process (`greeting=3`); repeatable,
+    /// or a comma-separated list.
+    #[arg(long, value_name = "SERVICE=N", value_delimiter = ',', value_parser = crate::instances::parse_instances)]
+    pub instances: Vec<(String, usize)>,
 }
 
 /// The transport asked for with `--transport`.
@@ -97,7 +107,7 @@ pub enum TransportKind {
     Memory,
 }
 
-fn parse_secs(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_secs(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()

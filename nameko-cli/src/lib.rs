@@ -65,6 +65,22 @@
 //! The client verbs (`request`, `emit`, `subscribe`, `shell`) take `--config`,
 //! `--define` and `--broker` too, and read `AMQP_URI`, `rpc_exchange`, `HEARTBEAT`
 //! and `AMQP_SSL` from the merged config.
+//! - `run --instances SERVICE=N`: runs `N` instances of a service in this process
+//!   (repeatable, or `greeting=3,listen=2`), each with its own consumers, as `N`
+//!   processes would; their log lines carry `instance=n/N`.
+//! - `discover [SERVICE...]`: the services of the cluster (Rust and Python) with their
+//!   instance counts, from the RabbitMQ management API (`MANAGEMENT_URI`, default
+//!   `http://<AMQP user>:<password>@<AMQP host>:15672/`); without it, says so and checks
+//!   each named service's `rpc-<service>` queue. Exit 1 when a named service is absent.
+//! - `inspect SERVICE [--json]`: a service's entrypoints, parameters and doc lines, from
+//!   the built-in introspection RPC `<service>._nameko_inspect`
+//!   ([`INSPECT_METHOD`](nameko_core::describe::INSPECT_METHOD)) every Rust service with
+//!   an RPC entrypoint answers without a worker. A Python Nameko service is reported as
+//!   not introspectable (exit 0); an unknown service exits 1.
+//! - `tail SERVICE...`: prints the log lines of every instance of the services until
+//!   SIGTERM or Ctrl-C. A service opts in with `LOG_STREAM: true` (or a list of
+//!   services) in its config; see [`log_stream`].
+//!
 //!
 //! Configuration precedence: the file < `NAMEKO_<KEY>` environment variables <
 //! `--define` < `--broker`.
@@ -93,12 +109,18 @@
 mod args;
 mod client;
 mod completions;
+mod discover;
 mod examples;
+mod inspect;
+mod instances;
+pub mod log_stream;
 mod logging;
+mod management;
 mod mask;
 mod parser;
 mod shell;
 mod signals;
+mod tail;
 mod transport;
 
 use std::{
@@ -119,10 +141,14 @@ pub use crate::{
     args::{Command, ConfigArgs, RunArgs, TransportKind},
     client::{EmitArgs, RequestArgs, SubscribeArgs, Target},
     completions::{CompletionShell, CompletionsArgs},
+    discover::DiscoverArgs,
+    inspect::InspectArgs,
+    log_stream::{LogStreamLayer, log_stream_layer},
     logging::{BoxedLayer, FORCED_DIRECTIVES, LogFormat, LogSetup, NAMEKO_TARGETS, init_logging, logging_directives},
     mask::{MASK, mask_secrets, render_config},
     shell::ShellArgs,
     signals::{Signal, SignalSender, Signals},
+    tail::TailArgs,
     transport::{Transport, TransportError},
 };
 
@@ -210,6 +236,9 @@ pub enum CliError {
     /// Commands of a scripted `shell` failed (each one's error was printed).
     #[error("{0} shell command(s) failed")]
     ShellFailures(usize),
+    /// `discover`, `inspect`, `tail` or the log stream failed; the message says why.
+    #[error("{0}")]
+    Discovery(String),
 }
 
 impl CliError {
@@ -568,19 +597,27 @@ impl Cli {
             }
         }
         let transport = Transport::select(args.transport, &config)?;
-        let runner = ServiceRunner::new(config.clone())
+        let mut runner = ServiceRunner::new(config.clone())
             .with_registered(&args.services)?
             .stop_timeout(args.stop_timeout);
+        for (service, count) in &args.instances {
+            runner = runner.instances(service, *count)?;
+        }
         if runner.service_names().is_empty() {
             return Err(CliError::NoServices);
         }
-        let services: Vec<String> = runner.service_names().iter().map(ToString::to_string).collect();
+        let mut services: Vec<String> = runner.service_names().iter().map(ToString::to_string).collect();
+        services.dedup();
         let readiness = runner.readiness();
         let _log_readiness = AbortOnDrop(tokio::spawn(log_readiness(readiness.clone())));
         let connected = std::sync::atomic::AtomicBool::new(false);
+        let mut log_stream = None;
         let startup = async {
             let transport_resources = transport.resources_waiting(&services, &readiness).await?;
             connected.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(broker) = transport_resources.get::<dyn nameko_extensions::broker::Broker>() {
+                log_stream = log_stream::LogStream::start(broker, &config, &services).await?;
+            }
             let user_resources = match self.resources {
                 Some(hook) => hook(config).await.map_err(CliError::Resources)?,
                 None => Resources::new(),
@@ -615,9 +652,13 @@ impl Cli {
             } else {
                 entrypoints.join(", ")
             };
+            let instance = container
+                .instance()
+                .map(|i| format!(" (instance {i})"))
+                .unwrap_or_default();
             tracing::info!(
                 service = container.service_name(),
-                "started service `{}`; entrypoints: {entrypoints}",
+                "started service `{}`{instance}; entrypoints: {entrypoints}",
                 container.service_name()
             );
         }
@@ -638,6 +679,9 @@ impl Cli {
                 tracing::warn!("{signal} received again: killing");
             })
             .await;
+        if let Some(log_stream) = log_stream {
+            log_stream.finish().await;
+        }
         match shutdown {
             Shutdown::Killed => Err(CliError::Killed),
             _ => {
@@ -698,6 +742,9 @@ async fn execute(
         Command::Request(args) => client::request(args, signals, stdout).await,
         Command::Emit(args) => client::emit(args, signals).await,
         Command::Subscribe(args) => client::subscribe(args, signals, stdout, stderr).await,
+        Command::Discover(args) => discover::discover(&args, &load_config(&args.config)?, stdout).await,
+        Command::Inspect(args) => inspect::inspect(&args, &load_config(&args.config)?, stdout).await,
+        Command::Tail(args) => tail::tail(&args, &load_config(&args.config)?, signals, stdout).await,
         Command::Completions(args) => {
             completions::write(args.shell, &mut parser.command(), parser.bin_name(), stdout);
             Ok(stdout.flush()?)
@@ -708,8 +755,8 @@ async fn execute(
 const STANDALONE_HINT: &str = "the standalone `nameko` binary holds no services: Rust cannot load services \
      at run time. `run` and `list` are commands of your own service binary, whose main ends with \
      `nameko::cli::Cli::new().main()`; build it and run `your-binary run` (a library crate holding services must be \
-     linked into it: `use my_services as _;`). The other commands (`request`, `emit`, `subscribe`, `shell`, \
-     `show-config`, `completions`) work here.";
+     linked into it: `use my_services as _;`). The other commands (`request`, `emit`, `subscribe`, `discover`, \
+     `inspect`, `tail`, `shell`, `show-config`, `completions`) work here.";
 
 fn describe(timeout: Duration) -> String {
     format!("{}s", timeout.as_secs_f64())

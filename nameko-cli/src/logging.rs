@@ -169,6 +169,8 @@ impl LogSetup {
         };
         let mut layers = self.layers;
         layers.insert(0, output);
+        // The slot `run` fills when `LOG_STREAM` opts services in (`tail`).
+        layers.push(Box::new(crate::log_stream::log_stream_layer()));
         tracing_subscriber::registry().with(layers).try_init().is_ok()
     }
 }
@@ -176,7 +178,8 @@ impl LogSetup {
 /// Installs the CLI's default log output: the human format on stderr, filtered by
 /// `RUST_LOG` (default `info`) plus [`FORCED_DIRECTIVES`], colored only on a terminal
 /// without `NO_COLOR`. Returns false, doing nothing, when a global subscriber is
-/// already set. `run` installs its own ([`LogSetup`] with `--log-format` and
+/// already set. Beside the output sits the [`LogStreamLayer`](crate::LogStreamLayer),
+/// which `run` feeds when `LOG_STREAM` opts services in (`tail`). `run` installs its own ([`LogSetup`] with `--log-format` and
 /// `LOGGING`) when [`Cli::run`](crate::Cli::run) or [`Cli::main`](crate::Cli::main)
 /// drive it; the other commands this one.
 ///

@@ -26,6 +26,7 @@ mod container;
 mod context;
 mod dependency;
 pub mod deps;
+pub mod describe;
 mod entrypoint;
 pub mod entrypoints;
 mod error;

@@ -49,6 +49,11 @@ struct Pending {
     name: &'static str,
     location: Option<String>,
     builder: Box<dyn Startable>,
+    /// `(n, of)` when this is instance `n` of `of` of its service.
+    instance: Option<(usize, usize)>,
+    /// Builds another container of the same service (registered services only).
+    #[cfg(feature = "registry")]
+    registration: Option<&'static crate::registry::ServiceRegistration>,
 }
 
 impl ServiceRunner {
@@ -106,6 +111,9 @@ impl ServiceRunner {
             name: S::NAME,
             location: None,
             builder: Box::new(builder),
+            instance: None,
+            #[cfg(feature = "registry")]
+            registration: None,
         });
         self
     }
@@ -147,8 +155,65 @@ impl ServiceRunner {
                 name: registration.name(),
                 location: Some(registration.location()),
                 builder: registration.builder(),
+                instance: None,
+                registration: Some(registration),
             });
         }
+        Ok(self)
+    }
+
+    /// Runs `count` instances of the registered service `name` (added before with
+    /// [`with_registered`](Self::with_registered)) in this process, as `count`
+    /// processes would: each instance is a container of its own with its own consumers
+    /// (the broker sees `count` consumers on `rpc-<name>` and on each event handler
+    /// queue) and its own runner-wide state, except that instance 1 shares the runner's
+    /// with the other services (so `count = 1` changes nothing). Their workers' log
+    /// spans carry `instance=n/count`. Services with HTTP or WebSocket entrypoints
+    /// cannot run several instances in one process: the second instance cannot bind
+    /// the port.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::UnknownService`] when no registered service `name` was added,
+    /// [`ContainerError::InvalidInstances`] when `count` is 0 or `name` was given
+    /// instances already.
+    #[cfg(feature = "registry")]
+    pub fn instances(mut self, name: &str, count: usize) -> Result<Self, ContainerError> {
+        let Some(index) = self
+            .services
+            .iter()
+            .position(|p| p.name == name && p.registration.is_some())
+        else {
+            return Err(ContainerError::UnknownService {
+                name: name.to_owned(),
+                known: self.services.iter().map(|p| p.name).collect(),
+            });
+        };
+        if count == 0 || self.services[index].instance.is_some() {
+            return Err(ContainerError::InvalidInstances {
+                name: name.to_owned(),
+                reason: if count == 0 {
+                    "the count must be at least 1".to_owned()
+                } else {
+                    "its instances were given twice".to_owned()
+                },
+            });
+        }
+        if count == 1 {
+            return Ok(self);
+        }
+        let registration = self.services[index].registration.expect("found by registration");
+        self.services[index].instance = Some((1, count));
+        let more = (2..=count).map(|n| Pending {
+            name: registration.name(),
+            location: Some(registration.location()),
+            builder: registration.builder(),
+            instance: Some((n, count)),
+            registration: Some(registration),
+        });
+        let after: Vec<Pending> = self.services.split_off(index + 1);
+        self.services.extend(more);
+        self.services.extend(after);
         Ok(self)
     }
 
@@ -171,6 +236,9 @@ impl ServiceRunner {
     pub async fn start(self) -> Result<RunningServices, ContainerError> {
         let mut seen: HashMap<&'static str, Option<String>> = HashMap::new();
         for pending in &self.services {
+            if pending.instance.is_some_and(|(n, _)| n > 1) {
+                continue;
+            }
             if let Some(first) = seen.insert(pending.name, pending.location.clone()) {
                 let locations = first.zip(pending.location.clone());
                 return Err(ContainerError::DuplicateService {
@@ -185,10 +253,19 @@ impl ServiceRunner {
         self.started.not_ready("starting");
         let mut containers = Vec::with_capacity(self.services.len());
         let mut claimed = Vec::new();
-        for pending in self.services {
+        for mut pending in self.services {
+            // Instances after the first get their own runner-wide state: their own
+            // consumers, reply queues and timers, as separate processes would have.
+            let shared = match pending.instance {
+                Some((n, of)) => {
+                    pending.builder.set_instance(format!("{n}/{of}"));
+                    if n > 1 { Shared::default() } else { shared.clone() }
+                }
+                None => shared.clone(),
+            };
             match pending
                 .builder
-                .start(self.config.clone(), resources.clone(), shared.clone())
+                .start(self.config.clone(), resources.clone(), shared)
                 .await
             {
                 Ok((container, keys)) => {

@@ -6,6 +6,7 @@ use crate::{
     container::worker::{Core, MethodSpawner},
     context::EntrypointInfo,
     dependency::Dependencies,
+    describe::EntrypointDoc,
     entrypoint::{Binding, Entrypoint},
     error::{HandlerError, IntoHandlerError},
     extension::{BoundEntrypoint, Erased},
@@ -49,6 +50,13 @@ pub trait Service: Dependencies {
 
     /// Declares the service's entrypoints.
     fn entrypoints(entrypoints: &mut Entrypoints<Self>);
+
+    /// The documentation of its entrypoints (parameters, return types, doc lines) that
+    /// the introspection RPC and `inspect` show; `#[service]` writes it. By default
+    /// none: entrypoints are described by method and kind only.
+    fn entrypoint_docs() -> &'static [EntrypointDoc] {
+        &[]
+    }
 
     /// Declares hooks run when the service's container starts and stops
     /// (`#[on_start]`/`#[on_stop]` methods of a `#[service]`). None by default.

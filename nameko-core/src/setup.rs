@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::{config::Config, context::EntrypointInfo, error::SetupError};
+use crate::{config::Config, context::EntrypointInfo, describe::ServiceDescription, error::SetupError};
 
 // ===== Resources =====
 
@@ -117,6 +117,7 @@ pub struct SetupContext<'a> {
     pub(crate) resources: &'a Resources,
     pub(crate) shared: &'a Shared,
     pub(crate) claimed_keys: &'a mut Vec<String>,
+    pub(crate) describe: fn() -> ServiceDescription,
 }
 
 impl<'a> SetupContext<'a> {
@@ -175,6 +176,12 @@ impl<'a> SetupContext<'a> {
                  `ServiceRunner::resource::<{wanted}>(..)` or the CLI's `resources` hook"
             ))
         })
+    }
+
+    /// What the service says about itself: its entrypoints with their parameters and
+    /// doc lines (the introspection RPC's answer).
+    pub fn service_description(&self) -> ServiceDescription {
+        (self.describe)()
     }
 
     /// The runner-wide state shared under `key`.

@@ -90,6 +90,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use ::async_trait::async_trait;
+    pub use ::nameko_core::describe::{EntrypointDoc, ParamDoc};
     pub use ::nameko_core::{
         Dependencies, Dependency, DependencyError, Entrypoints, HandlerError, HandlerResult, IntoHandlerError,
         Lifecycle, Provider, ProviderSlot, Providers, RemoteError, Service, WorkerBuilder,

@@ -2,6 +2,7 @@
 //! hand (`support`).
 
 mod cli;
+mod instances;
 mod logging;
 mod support;
 mod verbs;

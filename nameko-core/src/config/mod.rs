@@ -61,8 +61,9 @@ pub use value::{ConfigValue, Location};
 use value::{Entry, Node};
 use yaml::{Locator, Raw, Resolver};
 
-/// The top-level keys Nameko itself reads, in their exact Nameko spelling. They are looked
-/// up ignoring case.
+/// The top-level keys Nameko itself reads, in their exact Nameko spelling, and the few
+/// nameko-rs's command line adds (`MANAGEMENT_URI`, `LOG_STREAM`, `LOG_EXCHANGE`). They are
+/// looked up ignoring case.
 pub const KNOWN_KEYS: &[&str] = &[
     "AMQP_URI",
     "WEB_SERVER_ADDRESS",
@@ -81,6 +82,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "SERVICE_CONTAINER_CLS",
     "AUTO_DELETE_EVENT_EXCHANGES",
     "DECLARE_EVENT_EXCHANGES",
+    // nameko-rs's own, read by its command line.
+    "MANAGEMENT_URI",
+    "LOG_STREAM",
+    "LOG_EXCHANGE",
 ];
 
 /// Default of `max_workers`, also used when it is 0 or null.

@@ -22,6 +22,7 @@ use crate::{
     config::Config,
     context::{ContextData, EntrypointInfo},
     dependency::{ProviderHandle, Providers},
+    describe::ServiceDescription,
     entrypoint::Binding,
     error::{SetupError, WorkerError},
     extension::BoundEntrypoint,
@@ -87,6 +88,14 @@ pub enum ContainerError {
         name: &'static str,
         /// Where each was declared, when known.
         locations: Option<(String, String)>,
+    },
+    /// A runner was asked for a number of instances of a service it cannot run.
+    #[error("cannot run instances of service `{name}`: {reason}")]
+    InvalidInstances {
+        /// The service.
+        name: String,
+        /// Why.
+        reason: String,
     },
     /// A service name asked for is not registered.
     #[error(
@@ -172,6 +181,7 @@ pub struct ServiceContainerBuilder<S: Service> {
     shared: Option<Shared>,
     providers: S::Providers,
     only: Option<Vec<String>>,
+    instance: Option<Arc<str>>,
 }
 
 impl<S: Service> ServiceContainerBuilder<S> {
@@ -182,6 +192,7 @@ impl<S: Service> ServiceContainerBuilder<S> {
             shared: None,
             providers: S::providers(),
             only: None,
+            instance: None,
         }
     }
 
@@ -206,6 +217,14 @@ impl<S: Service> ServiceContainerBuilder<S> {
     /// Shares runner-wide state with other containers.
     pub fn shared(mut self, shared: Shared) -> Self {
         self.shared = Some(shared);
+        self
+    }
+
+    /// Names this container as one instance of several of its service in one runner
+    /// (`"2/3"`): its workers' log spans carry `instance=2/3`. See
+    /// [`ServiceRunner::instances`](crate::ServiceRunner::instances).
+    pub fn instance(mut self, label: impl Into<String>) -> Self {
+        self.instance = Some(Arc::from(label.into()));
         self
     }
 
@@ -238,6 +257,7 @@ impl<S: Service> ServiceContainerBuilder<S> {
             shared,
             mut providers,
             only,
+            instance,
         } = self;
         let config = config.unwrap_or_default();
         let shared = shared.unwrap_or_default();
@@ -255,6 +275,7 @@ impl<S: Service> ServiceContainerBuilder<S> {
                 resources: &resources,
                 shared: &shared,
                 claimed_keys: &mut claimed,
+                describe: ServiceDescription::of::<S>,
             };
             if let Err(source) = slot.setup_slot(field, &mut cx).await {
                 handles.iter().for_each(ProviderHandle::kill);
@@ -283,7 +304,7 @@ impl<S: Service> ServiceContainerBuilder<S> {
             declared.decls.retain(|d| only.iter().any(|m| m == d.method()));
         }
 
-        let core = Arc::new(Core::<S>::new(config.clone(), providers));
+        let core = Arc::new(Core::<S>::new(config.clone(), providers, instance.clone()));
         let mut entrypoints: Vec<BoundEntrypoint> = declared.decls.into_iter().map(|d| d.bind(&core)).collect();
         for index in 0..entrypoints.len() {
             let ep = &mut entrypoints[index];
@@ -296,6 +317,7 @@ impl<S: Service> ServiceContainerBuilder<S> {
                 resources: &resources,
                 shared: &shared,
                 claimed_keys: &mut claimed,
+                describe: ServiceDescription::of::<S>,
             };
             if let Err(source) = ep.extension.setup(&mut cx).await {
                 let part = describe(&ep.info);
@@ -346,6 +368,7 @@ impl<S: Service> ServiceContainerBuilder<S> {
         }
         tracing::info!(
             service = S::NAME,
+            instance = instance.as_deref(),
             entrypoints = container.inner.entrypoints().len(),
             "service started"
         );
@@ -375,6 +398,9 @@ pub(crate) trait Startable: Send {
         resources: Resources,
         shared: Shared,
     ) -> BoxFuture<'static, Result<(ServiceContainer, Vec<String>), ContainerError>>;
+
+    /// Names the container as one instance of several.
+    fn set_instance(&mut self, label: String);
 }
 
 impl<S: Service> Startable for ServiceContainerBuilder<S> {
@@ -392,6 +418,10 @@ impl<S: Service> Startable for ServiceContainerBuilder<S> {
         self.resources = merged;
         self.shared = Some(shared);
         Box::pin(self.start_inner())
+    }
+
+    fn set_instance(&mut self, label: String) {
+        self.instance = Some(Arc::from(label));
     }
 }
 
@@ -421,6 +451,7 @@ struct Container<S: Service> {
 
 trait ErasedContainer: Send + Sync {
     fn name(&self) -> &'static str;
+    fn instance(&self) -> Option<&str>;
     fn config(&self) -> &Config;
     fn entrypoints(&self) -> &[BoundEntrypoint];
     fn stop(&self) -> BoxFuture<'_, ()>;
@@ -433,6 +464,10 @@ trait ErasedContainer: Send + Sync {
 impl<S: Service> ErasedContainer for Container<S> {
     fn name(&self) -> &'static str {
         S::NAME
+    }
+
+    fn instance(&self) -> Option<&str> {
+        self.core.instance.as_deref()
     }
 
     fn config(&self) -> &Config {
@@ -515,6 +550,12 @@ impl ServiceContainer {
     /// The service's name.
     pub fn service_name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    /// Which instance of its service this container is (`"2/3"`), when a runner runs
+    /// several ([`ServiceRunner::instances`](crate::ServiceRunner::instances)).
+    pub fn instance(&self) -> Option<&str> {
+        self.inner.instance()
     }
 
     /// The container's config.

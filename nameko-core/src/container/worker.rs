@@ -99,10 +99,12 @@ pub(crate) struct Core<S: Service> {
     pub(crate) killed: CancellationToken,
     /// Every finished worker is reported here (to tests' waiters, to metrics).
     pub(crate) reports: broadcast::Sender<WorkerReport>,
+    /// Which instance of the service this is (`2/3`), when a runner runs several.
+    pub(crate) instance: Option<Arc<str>>,
 }
 
 impl<S: Service> Core<S> {
-    pub(crate) fn new(config: Config, providers: S::Providers) -> Self {
+    pub(crate) fn new(config: Config, providers: S::Providers, instance: Option<Arc<str>>) -> Self {
         let max_workers = config.max_workers();
         Self {
             config,
@@ -112,6 +114,7 @@ impl<S: Service> Core<S> {
             stopping: CancellationToken::new(),
             killed: CancellationToken::new(),
             reports: broadcast::channel(1024).0,
+            instance,
         }
     }
 
@@ -212,7 +215,11 @@ where
             entrypoint = %cx.entrypoint().method(),
             call_id = %cx.call_id(),
             trace_id = %cx.trace_id(),
+            instance = tracing::field::Empty,
         );
+        if let Some(instance) = &core.instance {
+            span.record("instance", tracing::field::display(&**instance));
+        }
         tokio::spawn(
             async move {
                 let Reserved { token, permits } = reserved;

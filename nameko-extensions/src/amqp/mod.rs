@@ -252,6 +252,36 @@ impl Dialer {
 }
 
 impl AmqpBroker {
+    /// How many consumers queue `name` has, `None` when it does not exist: a passive
+    /// declare on a channel of its own (what `discover` falls back to without the
+    /// management API).
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::ResourceLocked`] for another connection's exclusive queue, or when
+    /// the connection is down.
+    pub async fn queue_consumers(&self, name: &str) -> Result<Option<u32>, BrokerError> {
+        let short_name = short("a queue name", name)?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let result = self
+            .inner
+            .on_declarer(|channel| async move {
+                channel
+                    .queue_declare(short_name, options, FieldTable::default())
+                    .await
+                    .map(|declared| declared.consumer_count())
+            })
+            .await;
+        match result {
+            Ok(consumers) => Ok(Some(consumers)),
+            Err(BrokerError::NotFound(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Connects to RabbitMQ at `uri`, with TLS for `amqps://` or when `options.tls` is
     /// set (see [`TlsOptions`]; [`AmqpBroker::connect_config`] reads both from a config),
     /// and with lapin's auto-recovery on (see the module docs). Fails fast: it does not

@@ -13,8 +13,10 @@ use std::{
 use bytes::Bytes;
 use nameko_core::{
     Binding, ContextData, Entrypoint, Extension, Extensions, RemoteError, SetupContext, SetupError, WorkerError,
+    describe::INSPECT_METHOD,
 };
 use serde::Serialize;
+use serde_json::Value;
 use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 
 use super::{FromRpcArgs, RpcArgs, rpc_queue};
@@ -118,6 +120,9 @@ pub(super) struct RpcConsumer {
     consumer: Arc<QueueConsumer>,
     started: tokio::sync::OnceCell<()>,
     registered: Mutex<usize>,
+    /// The answer of the built-in introspection RPC
+    /// ([`INSPECT_METHOD`](nameko_core::describe::INSPECT_METHOD)).
+    description: Value,
 }
 
 impl RpcConsumer {
@@ -127,6 +132,7 @@ impl RpcConsumer {
         exchange: String,
         prefetch: u16,
         readiness: Option<&nameko_core::Readiness>,
+        description: Value,
     ) -> Self {
         let queue = rpc_queue(service);
         let topology = Topology::new()
@@ -142,6 +148,7 @@ impl RpcConsumer {
             consumer,
             started: tokio::sync::OnceCell::new(),
             registered: Mutex::new(0),
+            description,
         }
     }
 
@@ -218,6 +225,7 @@ impl RpcConsumer {
             .routing_key
             .strip_prefix(self.service)
             .and_then(|rest| rest.strip_prefix('.'));
+        let inspect = method == Some(INSPECT_METHOD);
         let reply_to = delivery.properties.reply_to.clone().filter(|r| !r.is_empty());
         let checked = check_request(&delivery).and_then(|args| {
             let name = method.unwrap_or(delivery.routing_key.as_str());
@@ -240,6 +248,15 @@ impl RpcConsumer {
             reply_to,
             _settling: settling,
         };
+        // The built-in introspection RPC: answered here, without a worker.
+        if inspect && checked.is_err() {
+            let body = match check_request(&pending.delivery) {
+                Ok(_) => reply_body(Ok(&pending.consumer.description)),
+                Err(err) => reply_body::<()>(Err(err)),
+            };
+            pending.finish(Handled::Reply(body)).await;
+            return;
+        }
         match checked {
             Ok((handler, args)) => {
                 let data = context_from_headers(pending.delivery.properties.headers.as_ref());
@@ -360,6 +377,12 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for RpcEntryp
             )));
         }
         let method = binding.info().method();
+        if method.starts_with("_nameko_") {
+            return Err(SetupError::new(format!(
+                "method name `{method}` starts with `_nameko_`, which is reserved for the framework's own RPCs \
+                 (`{INSPECT_METHOD}`): rename it"
+            )));
+        }
         if method.contains('.') {
             return Err(SetupError::new(format!(
                 "method name `{method}` contains a dot: it could never be called"
@@ -368,8 +391,9 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for RpcEntryp
         let exchange = cx.config().rpc_exchange().to_owned();
         let prefetch = u16::try_from(cx.config().max_workers()).unwrap_or(u16::MAX);
         let readiness = transport::readiness(cx);
+        let description = serde_json::to_value(cx.service_description()).unwrap_or(Value::Null);
         let consumer = cx.shared().get_or_insert_with(&format!("rpc-consumer/{service}"), || {
-            RpcConsumer::new(service, broker, exchange, prefetch, readiness.as_ref())
+            RpcConsumer::new(service, broker, exchange, prefetch, readiness.as_ref(), description)
         });
         consumer.register(method, Arc::new(Method { binding }));
         self.consumer = Some(consumer);
@@ -420,8 +444,8 @@ mod tests {
             r#"{"result":{"a":[1,2],"b":1},"error":null}"#
         );
         let err = reply_body::<()>(Err(RemoteError::method_not_found("nope")));
-        let err: serde_json::Value = serde_json::from_slice(&err).unwrap();
-        assert_eq!(err["result"], serde_json::Value::Null);
+        let err: Value = serde_json::from_slice(&err).unwrap();
+        assert_eq!(err["result"], Value::Null);
         assert_eq!(err["error"]["exc_type"], "MethodNotFound");
     }
 
@@ -429,8 +453,8 @@ mod tests {
     fn a_result_that_cannot_be_serialized_becomes_unserializable_value_error() {
         // JSON object keys must be strings: a tuple key fails half-way through.
         let value = BTreeMap::from([((1, 2), "x")]);
-        let body: serde_json::Value = serde_json::from_slice(&reply_body(Ok(&value))).unwrap();
-        assert_eq!(body["result"], serde_json::Value::Null);
+        let body: Value = serde_json::from_slice(&reply_body(Ok(&value))).unwrap();
+        assert_eq!(body["result"], Value::Null);
         assert_eq!(body["error"]["exc_type"], "UnserializableValueError");
         assert_eq!(body["error"]["exc_path"], "nameko.exceptions.UnserializableValueError");
         assert!(

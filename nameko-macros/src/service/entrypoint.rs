@@ -280,6 +280,21 @@ impl EntrypointAttr {
         }
     }
 
+    /// What fires the entrypoint, as `inspect` shows it (empty when nothing to say).
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            Self::EventHandler(a) => format!("{}.{}", a.source.value(), a.event_type.value()),
+            Self::Timer(a) => a.detail(),
+            Self::Http(a) => a
+                .routes
+                .iter()
+                .map(|(methods, path)| format!("{} {}", methods.value().to_uppercase(), path.value()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Self::Rpc(_) | Self::WsRpc(_) | Self::Custom(_) => String::new(),
+        }
+    }
+
     /// The attribute, to point errors at.
     pub(crate) fn span_tokens(&self) -> TokenStream {
         match self {

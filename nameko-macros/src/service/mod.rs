@@ -1,6 +1,7 @@
 //! `#[service(name = "...")]` on an inherent impl block: reads the entrypoint attributes
 //! of its methods and implements `Service`.
 
+mod describe;
 mod entrypoint;
 mod hooks;
 mod method;
@@ -71,6 +72,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let p = quote!(#krate::__private);
     let mut registrations = Vec::new();
     let mut hook_registrations = Vec::new();
+    let mut docs = Vec::new();
     // (kind, registered name) -> already declared.
     let mut declared: HashMap<(&'static str, String), ()> = HashMap::new();
     for impl_item in &mut item.items {
@@ -109,6 +111,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
         let Some(method) = Method::check(&cx, &f.sig, renames, patterns) else {
             continue;
         };
+        let doc_lines = describe::doc_lines(&f.attrs);
+        let written = describe::written_params(&f.sig);
         for attr in &attrs {
             let key = (attr.kind(), attr.registered_name(&method));
             if declared.insert(key.clone(), ()).is_some() {
@@ -123,6 +127,13 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
             if let Some(tokens) = attr.expand(&cx, &method, krate) {
                 registrations.push(tokens);
+                docs.push(describe::entrypoint_doc(
+                    &quote!(#krate::__private),
+                    attr,
+                    &method,
+                    &written,
+                    &doc_lines,
+                ));
             }
         }
     }
@@ -153,6 +164,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 }
 
                 #lifecycle
+                fn entrypoint_docs() -> &'static [#p::EntrypointDoc] {
+                    const DOCS: &[#p::EntrypointDoc] = &[ #( #docs ),* ];
+                    DOCS
+                }
             }
         };
 

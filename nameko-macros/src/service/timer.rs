@@ -208,6 +208,24 @@ impl TimerAttr {
         self.attr.to_token_stream()
     }
 
+    /// The schedule as `inspect` shows it: `every 30s`, `cron 0 */5 * * * * (Europe/Paris)`.
+    pub(crate) fn detail(&self) -> String {
+        let mut text = match &self.schedule {
+            Schedule::Interval(nanos, _) => {
+                let secs = std::time::Duration::from_nanos(*nanos).as_secs_f64();
+                format!("every {secs}s")
+            }
+            Schedule::Cron { expression, tz } => match tz {
+                Some(tz) => format!("cron {} ({})", expression.value(), tz.value()),
+                None => format!("cron {} (UTC)", expression.value()),
+            },
+        };
+        if self.cluster_singleton.as_ref().is_some_and(LitBool::value) {
+            text.push_str(", cluster singleton");
+        }
+        text
+    }
+
     /// `entrypoints.add("tick", TimerEntrypoint..., handler)`.
     pub(crate) fn expand(&self, cx: &Ctxt, method: &Method, p: &TokenStream, name: &LitStr) -> Option<TokenStream> {
         if let Some(first) = method.params.first() {

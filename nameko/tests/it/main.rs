@@ -1,5 +1,6 @@
 //! Integration tests of the `nameko` facade: one binary, one module per area.
 
+mod describe;
 mod hooks;
 mod http;
 mod interop;
