@@ -152,6 +152,7 @@ impl LogSetup {
     /// Returns false, doing nothing, when one is already set.
     pub fn init(self) -> bool {
         let filter = self.filter();
+        let stream_filter = self.filter();
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let output: BoxedLayer = match self.format {
             LogFormat::Human => tracing_subscriber::fmt::layer()
@@ -169,8 +170,9 @@ impl LogSetup {
         };
         let mut layers = self.layers;
         layers.insert(0, output);
-        // The slot `run` fills when `LOG_STREAM` opts services in (`tail`).
-        layers.push(Box::new(crate::log_stream::log_stream_layer()));
+        // The slot `run` fills when `LOG_STREAM` opts services in (`tail`): it streams
+        // what the output shows.
+        layers.push(Box::new(crate::log_stream::log_stream_layer().with_filter(stream_filter)));
         tracing_subscriber::registry().with(layers).try_init().is_ok()
     }
 }
