@@ -172,7 +172,9 @@ impl LogSetup {
         layers.insert(0, output);
         // The slot `run` fills when `LOG_STREAM` opts services in (`tail`): it streams
         // what the output shows.
-        layers.push(Box::new(crate::log_stream::log_stream_layer().with_filter(stream_filter)));
+        layers.push(Box::new(
+            crate::log_stream::log_stream_layer().with_filter(stream_filter),
+        ));
         tracing_subscriber::registry().with(layers).try_init().is_ok()
     }
 }
