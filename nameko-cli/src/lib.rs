@@ -239,6 +239,10 @@ pub enum CliError {
     /// `discover`, `inspect`, `tail` or the log stream failed; the message says why.
     #[error("{0}")]
     Discovery(String),
+    /// A setting of the merged config has a value the command cannot use
+    /// (`MANAGEMENT_URI`, `LOG_STREAM`, `LOG_EXCHANGE`); the message says which and where.
+    #[error("{0}")]
+    Setting(String),
 }
 
 impl CliError {
@@ -258,6 +262,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_)
+            | Self::Setting(_)
             | Self::Usage(_)
             | Self::Standalone
             | Self::Transport(TransportError::InvalidUri { .. } | TransportError::Tls(_))

@@ -341,7 +341,7 @@ fn opted_in(config: &Config, services: &[String]) -> Result<Option<Vec<String>>,
         let mut names = Vec::new();
         for item in list {
             let name = item.as_str().ok_or_else(|| {
-                CliError::Discovery(format!(
+                CliError::Setting(format!(
                     "{}: {LOG_STREAM_KEY}: expected `true`, `false` or a list of service names, got {}",
                     item.location(),
                     item.type_name()
@@ -353,7 +353,7 @@ fn opted_in(config: &Config, services: &[String]) -> Result<Option<Vec<String>>,
         }
         names
     } else {
-        return Err(CliError::Discovery(format!(
+        return Err(CliError::Setting(format!(
             "{}: {LOG_STREAM_KEY}: expected `true`, `false` or a list of service names, got {}",
             value.location(),
             value.type_name()
@@ -369,7 +369,7 @@ pub(crate) fn log_exchange(config: &Config) -> Result<String, CliError> {
         Some(value) if value.is_null() => Ok(DEFAULT_LOG_EXCHANGE.to_owned()),
         Some(value) => match value.as_str().map(str::trim).filter(|s| !s.is_empty()) {
             Some(name) => Ok(name.to_owned()),
-            None => Err(CliError::Discovery(format!(
+            None => Err(CliError::Setting(format!(
                 "{}: {LOG_EXCHANGE_KEY}: expected an exchange name, got {}",
                 value.location(),
                 value.type_name()

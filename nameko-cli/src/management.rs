@@ -212,7 +212,11 @@ impl ManagementUri {
 
 impl From<ManagementError> for crate::CliError {
     fn from(error: ManagementError) -> Self {
-        Self::Discovery(mask_secrets(&error.to_string()))
+        let message = mask_secrets(&error.to_string());
+        match error {
+            ManagementError::Invalid { .. } => Self::Setting(message),
+            ManagementError::Unavailable(_) => Self::Discovery(message),
+        }
     }
 }
 

@@ -633,6 +633,27 @@ async fn bad_json_and_bad_config_exit_2_naming_the_problem() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.starts_with("error: invalid AMQP_URI"), "{}", out.stderr);
     assert!(!out.stderr.contains("secret"), "{}", out.stderr);
+    // Bad values of the cluster verbs' own settings are config errors too.
+    let out = nameko(
+        &["discover", "--define", "MANAGEMENT_URI=ftp://admin:hunter2@rabbit/"],
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("error: invalid MANAGEMENT_URI"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    let out = nameko(&["tail", "greeting", "--define", "LOG_EXCHANGE=[1]"], None, &[]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("LOG_EXCHANGE: expected an exchange name"),
+        "{}",
+        out.stderr
+    );
     // RabbitMQ unreachable is not a usage error.
     let out = nameko(
         &["request", "a.b", "--broker", "amqp://u:secret@127.0.0.1:1/"],
