@@ -206,20 +206,9 @@ where
             Deliver::Then(_) => String::new(),
         };
         let handler = Arc::clone(&self.handler);
-        // Display, not Debug: no escaping pass over every field of every worker. The
-        // span covers the whole task, the entrypoint's continuation (reply, ack) too, so
-        // every line a worker logs names its service, entrypoint, call id and trace id.
-        let span = tracing::info_span!(
-            "worker",
-            service = %cx.service_name(),
-            entrypoint = %cx.entrypoint().method(),
-            call_id = %cx.call_id(),
-            trace_id = %cx.trace_id(),
-            instance = tracing::field::Empty,
-        );
-        if let Some(instance) = &core.instance {
-            span.record("instance", tracing::field::display(&**instance));
-        }
+        // The span covers the whole task, the entrypoint's continuation (reply, ack) too,
+        // so every line a worker logs names its service, entrypoint, call id and trace id.
+        let span = worker_span(&core, &cx);
         tokio::spawn(
             async move {
                 let Reserved { token, permits } = reserved;
@@ -249,6 +238,23 @@ where
     }
 }
 
+/// The `worker` span: service, entrypoint, call id, trace id, and the instance when a
+/// runner runs several. Display, not Debug: no escaping pass over every field.
+fn worker_span<S: Service>(core: &Core<S>, cx: &WorkerContext) -> tracing::Span {
+    let span = tracing::info_span!(
+        "worker",
+        service = %cx.service_name(),
+        entrypoint = %cx.entrypoint().method(),
+        call_id = %cx.call_id(),
+        trace_id = %cx.trace_id(),
+        instance = tracing::field::Empty,
+    );
+    if let Some(instance) = &core.instance {
+        span.record("instance", tracing::field::display(&**instance));
+    }
+    span
+}
+
 /// Runs an `on_start`/`on_stop` hook on a worker of its own, through the whole
 /// lifecycle (dependencies, hooks, result, teardown), in a `worker` span; no slot.
 pub(crate) async fn run_hook<S: Service>(core: &Core<S>, hook: &Hook<S>) -> Result<(), WorkerError> {
@@ -260,13 +266,7 @@ pub(crate) async fn run_hook<S: Service>(core: &Core<S>, hook: &Hook<S>) -> Resu
         core.config.clone(),
         Extensions::new(),
     );
-    let span = tracing::info_span!(
-        "worker",
-        service = %cx.service_name(),
-        entrypoint = %cx.entrypoint().method(),
-        call_id = %cx.call_id(),
-        trace_id = %cx.trace_id(),
-    );
+    let span = worker_span(core, &cx);
     let run = &hook.run;
     async {
         let started = std::time::Instant::now();
