@@ -182,17 +182,26 @@ fn context_data(pairs: &[(String, Value)]) -> ContextData {
     data
 }
 
-/// Connects to RabbitMQ as the config says (`AMQP_URI`, `HEARTBEAT`, `AMQP_SSL`).
-async fn connect(config: &Config, verb: &str) -> Result<SharedBroker, CliError> {
+/// How long a command waits for RabbitMQ to take its connection (a host that drops
+/// packets would otherwise hold it forever; a refused connection fails at once).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Connects to RabbitMQ as the config says (`AMQP_URI`, `HEARTBEAT`, `AMQP_SSL`), the
+/// connection named after the verb and this host: the one connection helper of every
+/// verb that talks to the broker.
+pub(crate) async fn connect(config: &Config, verb: &str) -> Result<AmqpBroker, CliError> {
     let name = format!("nameko-rs {verb} on {}", crate::transport::hostname());
-    AmqpBroker::connect_config(config, name)
-        .await
-        .map(|broker| Arc::new(broker) as SharedBroker)
-        .map_err(|error| CliError::Connect {
-            uri: AmqpUri::parse(config.amqp_uri())
-                .map_or_else(|_| mask_secrets(config.amqp_uri()), |uri| uri.to_string()),
-            error,
-        })
+    let shown =
+        || AmqpUri::parse(config.amqp_uri()).map_or_else(|_| mask_secrets(config.amqp_uri()), |uri| uri.to_string());
+    match tokio::time::timeout(CONNECT_TIMEOUT, AmqpBroker::connect_config(config, name)).await {
+        Ok(Ok(broker)) => Ok(broker),
+        Ok(Err(error)) => Err(CliError::Connect { uri: shown(), error }),
+        Err(_) => Err(CliError::Broker(format!(
+            "cannot connect to RabbitMQ at {}: timed out after {}s",
+            shown(),
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// `request`: calls `target` and prints its result.
@@ -203,7 +212,7 @@ pub(crate) async fn request(
 ) -> Result<(), CliError> {
     let json = parse_json("JSON", args.json.as_deref()).await?;
     let config = load_config(&args.config)?;
-    let broker = connect(&config, "request").await?;
+    let broker: SharedBroker = Arc::new(connect(&config, "request").await?);
     let result = async {
         let mut rpc = ClusterRpc::connect(Arc::clone(&broker), &config)
             .await
@@ -246,7 +255,7 @@ pub(crate) async fn request(
 pub(crate) async fn emit(args: EmitArgs, signals: &mut Signals) -> Result<(), CliError> {
     let payload = parse_json("JSON", args.json.as_deref()).await?;
     let config = load_config(&args.config)?;
-    let broker = connect(&config, "emit").await?;
+    let broker: SharedBroker = Arc::new(connect(&config, "emit").await?);
     let dispatcher =
         EventDispatcher::standalone(Arc::clone(&broker), &args.service, &config).with_data(context_data(&args.context));
     let outcome = tokio::select! {
@@ -266,7 +275,7 @@ pub(crate) async fn subscribe(
     err: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     let config = load_config(&args.config)?;
-    let broker = connect(&config, "subscribe").await?;
+    let broker: SharedBroker = Arc::new(connect(&config, "subscribe").await?);
     let outcome = listen(&args, &config, &broker, signals, out, err).await;
     broker.close().await;
     outcome

@@ -1,16 +1,17 @@
 //! `discover [SERVICE...]`: the services of the cluster with their instance counts,
 //! from the RabbitMQ management API, or passive declares without it.
 
-use std::{collections::BTreeMap, io::Write, time::Duration};
+use std::{collections::BTreeMap, io::Write};
 
 use clap::Args;
 use nameko_core::Config;
-use nameko_extensions::amqp::{AmqpBroker, AmqpUri};
+use nameko_extensions::amqp::AmqpUri;
 use serde::Deserialize;
 
 use crate::{
     CliError,
     args::ConfigArgs,
+    client::connect,
     management::{ManagementError, ManagementUri},
     mask::mask_secrets,
 };
@@ -212,23 +213,6 @@ fn check_given(args: &DiscoverArgs, shown: &[(String, Option<&Found>)]) -> Resul
             missing.join(", ")
         )))
     }
-}
-
-/// A connection for a CLI verb, named after it, failing fast.
-pub(crate) async fn connect(config: &Config, verb: &str) -> Result<AmqpBroker, CliError> {
-    let uri = config.amqp_uri().to_owned();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        AmqpBroker::connect_config(config, format!("nameko-rs {verb}")),
-    )
-    .await
-    .map_err(|_| {
-        CliError::Discovery(format!(
-            "cannot connect to RabbitMQ at {}: timed out after 20s",
-            mask_secrets(&uri)
-        ))
-    })?
-    .map_err(|error| CliError::Discovery(format!("cannot connect to RabbitMQ at {}: {error}", mask_secrets(&uri))))
 }
 
 #[cfg(test)]

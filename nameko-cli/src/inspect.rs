@@ -12,7 +12,7 @@ use nameko_extensions::{
     rpc::{ClusterRpc, RpcArgs, RpcError},
 };
 
-use crate::{CliError, args::ConfigArgs, discover::connect};
+use crate::{CliError, args::ConfigArgs, client::connect};
 
 /// The arguments of `inspect`.
 #[derive(Clone, Debug, Args)]

@@ -227,7 +227,8 @@ pub enum CliError {
     /// `emit` could not dispatch its event.
     #[error(transparent)]
     Dispatch(DispatchError),
-    /// The broker refused a declare or a consumer, or a subscription ended.
+    /// The broker did not take the connection in time, refused a declare or a
+    /// consumer, or a subscription ended.
     #[error("{0}")]
     Broker(String),
     /// A signal cancelled a command before it finished.

@@ -10,7 +10,7 @@ use nameko_extensions::broker::{Binding, Broker, ConsumeOptions, Exchange, Queue
 use crate::{
     CliError, Signals,
     args::ConfigArgs,
-    discover::connect,
+    client::connect,
     log_stream::{LogLine, log_exchange},
 };
 
