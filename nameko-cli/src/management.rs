@@ -64,7 +64,7 @@ impl ManagementUri {
             Some(text) => Self::parse(text, amqp),
             None => Ok(Self {
                 user: amqp.username().to_owned(),
-                password: amqp_password(amqp),
+                password: amqp.password().to_owned(),
                 host: amqp.host().to_owned(),
                 port: 15672,
                 prefix: String::new(),
@@ -98,9 +98,9 @@ impl ManagementUri {
         let (user, password) = match userinfo {
             Some(info) => match info.split_once(':') {
                 Some((user, password)) => (decode(user), decode(password)),
-                None => (decode(info), amqp_password(amqp)),
+                None => (decode(info), amqp.password().to_owned()),
             },
-            None => (amqp.username().to_owned(), amqp_password(amqp)),
+            None => (amqp.username().to_owned(), amqp.password().to_owned()),
         };
         let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
             let (host, after) = bracketed
@@ -218,16 +218,6 @@ impl From<ManagementError> for crate::CliError {
             ManagementError::Unavailable(_) => Self::Discovery(message),
         }
     }
-}
-
-fn amqp_password(amqp: &AmqpUri) -> String {
-    // The password is only reachable through the URL form (percent-encoded).
-    let url = amqp.to_url();
-    url.split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| decode(password))
-        .unwrap_or_default()
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters (`/` → `%2F`).

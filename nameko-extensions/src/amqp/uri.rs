@@ -130,6 +130,12 @@ impl AmqpUri {
         &self.username
     }
 
+    /// The password, decoded. `Display` and `Debug` mask it; this does not: for
+    /// clients that log in elsewhere with the same credentials (the management API).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// The host.
     pub fn host(&self) -> &str {
         &self.host
