@@ -391,8 +391,9 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for RpcEntryp
         let exchange = cx.config().rpc_exchange().to_owned();
         let prefetch = u16::try_from(cx.config().max_workers()).unwrap_or(u16::MAX);
         let readiness = transport::readiness(cx);
-        let description = serde_json::to_value(cx.service_description()).unwrap_or(Value::Null);
         let consumer = cx.shared().get_or_insert_with(&format!("rpc-consumer/{service}"), || {
+            // Built once, with the consumer every RPC entrypoint of the service shares.
+            let description = serde_json::to_value(cx.service_description()).unwrap_or(Value::Null);
             RpcConsumer::new(service, broker, exchange, prefetch, readiness.as_ref(), description)
         });
         consumer.register(method, Arc::new(Method { binding }));
