@@ -92,7 +92,7 @@ impl Election {
             .declare(self.consumer_topology())
             .await
             .map_err(|err| failed("declare it", &err))?;
-        self.put_token()
+        put_token(&self.broker, &self.queue)
             .await
             .map_err(|err| failed("publish its token", &err))?;
         self.role.set(false);
@@ -114,10 +114,6 @@ impl Election {
 
     fn consumer_topology(&self) -> &Topology {
         self.consumer.topology()
-    }
-
-    async fn put_token(&self) -> Result<(), crate::broker::BrokerError> {
-        put_token(&self.broker, &self.queue).await
     }
 
     /// After every recovery of this instance's connection, puts one more token in the
