@@ -72,7 +72,7 @@ pub struct WebServer {
 
 struct Inner {
     detached: bool,
-    limit: Arc<Limit>,
+    limit: Limit,
     custom: Mutex<Custom>,
     routes: Mutex<Routes>,
     /// The whole app as last built — your routes, the started entrypoints' routes, your
@@ -99,7 +99,6 @@ struct Routes {
     live: usize,
 }
 
-#[derive(Clone)]
 struct Entry {
     group: u64,
     method: Method,
@@ -154,7 +153,7 @@ impl WebServer {
         Self {
             inner: Arc::new(Inner {
                 detached,
-                limit: Arc::new(Limit(AtomicUsize::new(DEFAULT_MAX_BODY_SIZE))),
+                limit: Limit(AtomicUsize::new(DEFAULT_MAX_BODY_SIZE)),
                 custom: Mutex::default(),
                 routes: Mutex::default(),
                 current: RwLock::new(compose(&Custom::default(), &[])),
