@@ -13,6 +13,7 @@
 //! 10. [WebSockets](websockets)
 //! 11. [The command line](cli)
 //! 12. [Writing extensions](extensions)
+//! 13. [Messaging: Publisher and consume](messaging)
 
 #[doc = include_str!("../guide/anatomy.md")]
 ///
@@ -54,6 +55,9 @@ pub mod timers {}
 ///
 #[doc = concat!("```python\n", include_str!("../../examples/greeting/python/listener.py"), "```")]
 pub mod python_cluster {}
+
+#[doc = include_str!("../guide/messaging.md")]
+pub mod messaging {}
 
 #[doc = include_str!("../guide/websockets.md")]
 pub mod websockets {}

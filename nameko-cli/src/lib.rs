@@ -111,6 +111,7 @@ mod client;
 mod completions;
 mod discover;
 mod examples;
+mod fields;
 mod inspect;
 mod instances;
 pub mod log_stream;

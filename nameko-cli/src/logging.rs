@@ -156,6 +156,7 @@ impl LogSetup {
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let output: BoxedLayer = match self.format {
             LogFormat::Human => tracing_subscriber::fmt::layer()
+                .fmt_fields(crate::fields::LeanFields)
                 .with_writer(std::io::stderr)
                 .with_ansi(ansi)
                 .with_filter(filter)

@@ -37,8 +37,8 @@ impl EntrypointInfo {
         }
     }
 
-    /// Limits how many workers of this entrypoint run at once, below the container's
-    /// `max_workers`.
+    /// Limits how many workers of this entrypoint run at once, within the container's
+    /// `max_workers` (see [`Entrypoint::max_workers`](crate::Entrypoint::max_workers)).
     #[must_use]
     pub const fn with_max_workers(mut self, max_workers: usize) -> Self {
         self.max_workers = Some(max_workers);
@@ -265,7 +265,7 @@ impl WorkerContext {
             }
             None => Vec::new(),
         };
-        let call_id = format!("{service_name}.{}.{}", entrypoint.method(), crate::ids::uuid4());
+        let call_id = crate::ids::call_id(service_name, entrypoint.method());
         let tracked = config.parent_calls_tracked();
         let kept = &parents[parents.len().saturating_sub(tracked)..];
         let mut call_id_stack = Vec::with_capacity(kept.len() + 1);
@@ -275,7 +275,7 @@ impl WorkerContext {
             if let Some(bad) = data.get(TRACE_ID_KEY) {
                 tracing::debug!(trace_id = %bad, "replacing an invalid incoming trace id");
             }
-            data.insert(TRACE_ID_KEY, crate::ids::uuid4().simple().to_string());
+            data.insert(TRACE_ID_KEY, crate::ids::uuid4_simple());
         }
         Self {
             inner: Arc::new(Inner {

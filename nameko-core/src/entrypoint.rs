@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::{
-    context::{ContextData, EntrypointInfo, Extensions},
+    context::{ContextData, EntrypointInfo, Extensions, WorkerContext},
     error::{SetupError, SpawnError, WorkerError},
     setup::SetupContext,
 };
@@ -59,8 +59,15 @@ pub trait Entrypoint: Extension {
     /// Receives the handle through which the entrypoint starts workers.
     fn bind(&mut self, binding: Binding<Self::Request, Self::Response>);
 
-    /// A limit on this entrypoint's concurrent workers, below the container's
-    /// `max_workers`.
+    /// This entrypoint's own limit on concurrent workers (`None`, the default: only the
+    /// container's `max_workers` applies).
+    ///
+    /// A worker of this entrypoint takes a permit of the entrypoint's own limit first,
+    /// then one of the container's: so the entrypoint never runs more than `N` workers
+    /// at once, the container never more than its `max_workers` in all (a limit above
+    /// the container's changes nothing), and a request waiting for the entrypoint's own
+    /// permit holds none of the container's. `Some(0)`, which could never run a
+    /// worker, fails the container's start with an error naming the entrypoint.
     fn max_workers(&self) -> Option<usize> {
         None
     }
@@ -86,10 +93,14 @@ pub(crate) enum Deliver<Resp> {
 
 /// Starts workers of one method.
 pub(crate) trait Spawner<Req, Resp>: Send + Sync {
+    /// A worker slot without waiting, when one is free (or the refusal when the
+    /// container stops or is killed); `None` when it must wait: then [`reserve`](Self::reserve).
+    fn try_reserve(&self) -> Option<Result<Reserved, SpawnError>>;
+
     /// Waits for a worker slot, unless the container stops or is killed first.
     fn reserve(&self) -> Pin<Box<dyn Future<Output = Result<Reserved, SpawnError>> + Send + '_>>;
 
-    /// Starts a worker in a reserved slot; returns its call id.
+    /// Starts a worker in a reserved slot; returns its context.
     fn start(
         &self,
         reserved: Reserved,
@@ -97,7 +108,7 @@ pub(crate) trait Spawner<Req, Resp>: Send + Sync {
         data: ContextData,
         extensions: Extensions,
         deliver: Deliver<Resp>,
-    ) -> String;
+    ) -> WorkerContext;
 }
 
 /// An entrypoint's handle on its container: starts workers of the bound method.
@@ -173,7 +184,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Binding<Req, Resp> {
     ///
     /// Dropping the future before it completes holds no slot.
     pub async fn reserve(&self) -> Result<WorkerSlot<Req, Resp>, SpawnError> {
-        let reserved = self.spawner.reserve().await?;
+        // A free slot is taken without a boxed future.
+        let reserved = match self.spawner.try_reserve() {
+            Some(reserved) => reserved?,
+            None => self.spawner.reserve().await?,
+        };
         Ok(WorkerSlot {
             spawner: Arc::clone(&self.spawner),
             reserved,
@@ -216,10 +231,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> WorkerSlot<Req, Resp> {
     /// read from [`WorkerContext::extensions`](crate::WorkerContext::extensions).
     pub fn start_with(self, request: Req, data: ContextData, extensions: Extensions) -> WorkerHandle<Resp> {
         let (tx, rx) = oneshot::channel();
-        let call_id = self
+        let cx = self
             .spawner
             .start(self.reserved, request, data, extensions, Deliver::Handle(tx));
-        WorkerHandle { call_id, rx }
+        WorkerHandle { cx, rx }
     }
 
     /// Starts the worker and hands its result to `then` in the worker's own task,
@@ -261,14 +276,14 @@ impl<Req, Resp> fmt::Debug for WorkerSlot<Req, Resp> {
 /// A running worker: await it for the worker's result, which arrives after
 /// `worker_teardown`. Dropping it does not cancel the worker.
 pub struct WorkerHandle<Resp> {
-    pub(crate) call_id: String,
+    pub(crate) cx: WorkerContext,
     pub(crate) rx: oneshot::Receiver<Result<Resp, WorkerError>>,
 }
 
 impl<Resp> WorkerHandle<Resp> {
     /// The worker's call id.
     pub fn call_id(&self) -> &str {
-        &self.call_id
+        self.cx.call_id()
     }
 }
 
@@ -285,7 +300,7 @@ impl<Resp> Future for WorkerHandle<Resp> {
 impl<Resp> fmt::Debug for WorkerHandle<Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerHandle")
-            .field("call_id", &self.call_id)
+            .field("call_id", &self.cx.call_id())
             .finish_non_exhaustive()
     }
 }

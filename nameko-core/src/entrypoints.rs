@@ -69,13 +69,31 @@ impl<Req, Resp> fmt::Debug for Once<Req, Resp> {
 /// An entrypoint that never fires by itself: it lets tests run a method through
 /// [`ServiceContainer::call`](crate::ServiceContainer::call) (`entrypoint_hook`).
 pub struct Dummy<Req, Resp = ()> {
+    max_workers: Option<usize>,
     _marker: PhantomData<fn(Req) -> Resp>,
 }
 
 impl<Req, Resp> Dummy<Req, Resp> {
     /// A dummy entrypoint taking `Req` and returning `Resp`.
     pub const fn new() -> Self {
-        Self { _marker: PhantomData }
+        Self {
+            max_workers: None,
+            _marker: PhantomData,
+        }
+    }
+
+    /// Runs at most `max_workers` workers of this method at once, within the
+    /// container's `max_workers` (see [`Entrypoint::max_workers`]).
+    ///
+    /// ```
+    /// use nameko_core::entrypoints::Dummy;
+    ///
+    /// let limited = Dummy::<(), ()>::new().max_workers(2);
+    /// ```
+    #[must_use]
+    pub const fn max_workers(mut self, max_workers: usize) -> Self {
+        self.max_workers = Some(max_workers);
+        self
     }
 }
 
@@ -93,6 +111,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Entrypoint for Dummy<Req, Resp> 
     const KIND: &'static str = "dummy";
 
     fn bind(&mut self, _binding: Binding<Req, Resp>) {}
+
+    fn max_workers(&self) -> Option<usize> {
+        self.max_workers
+    }
 }
 
 impl<Req, Resp> fmt::Debug for Dummy<Req, Resp> {

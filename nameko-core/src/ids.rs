@@ -45,6 +45,39 @@ pub fn uuid4() -> Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
+/// A new [`uuid4`] as 32 lowercase hex digits (what trace ids are made of), written
+/// without the formatting machinery.
+///
+/// ```
+/// let id = nameko_core::ids::uuid4_simple();
+/// assert_eq!(id.len(), 32);
+/// assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+/// ```
+pub fn uuid4_simple() -> String {
+    let mut buffer = [0_u8; uuid::fmt::Simple::LENGTH];
+    uuid4().simple().encode_lower(&mut buffer).to_owned()
+}
+
+/// `<service>.<method>.<uuid4>`: a worker's call id, written into a string of its final
+/// size.
+///
+/// ```
+/// let id = nameko_core::ids::call_id("greeting", "greet");
+/// assert!(id.starts_with("greeting.greet."));
+/// assert_eq!(id.len(), "greeting.greet.".len() + 36);
+/// ```
+pub fn call_id(service: &str, method: &str) -> String {
+    let mut buffer = [0_u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid4().hyphenated().encode_lower(&mut buffer);
+    let mut call_id = String::with_capacity(service.len() + method.len() + 2 + id.len());
+    call_id.push_str(service);
+    call_id.push('.');
+    call_id.push_str(method);
+    call_id.push('.');
+    call_id.push_str(id);
+    call_id
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -9,14 +9,18 @@
 //! closed — and gives up when the connection is gone for good.
 
 use std::{
+    fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
     task::Poll,
     time::Duration,
 };
 
-use nameko_core::{Readiness, ReadinessPart};
+use nameko_core::{Readiness, ReadinessPart, SetupContext};
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     task::JoinHandle,
@@ -39,6 +43,19 @@ pub(crate) fn settle(result: Result<AckOutcome, BrokerError>, what: &str) {
         Ok(AckOutcome::Stale) => tracing::info!("acknowledgement was stale: the broker will redeliver the {what}"),
         Err(err) => tracing::warn!(%err, "could not settle a {what}; the broker will redeliver it"),
     }
+}
+
+/// The prefetch of a consumer that feeds one entrypoint: the entrypoint's own
+/// `max_workers` when it is below the container's, else the container's. Deliveries
+/// beyond what can run at once would only wait in this instance while another could
+/// take them.
+pub(crate) fn entrypoint_prefetch(cx: &SetupContext<'_>) -> u16 {
+    let container = cx.config().max_workers();
+    let limit = cx
+        .entrypoint()
+        .and_then(|ep| ep.max_workers())
+        .map_or(container, |own| own.min(container));
+    u16::try_from(limit).unwrap_or(u16::MAX)
 }
 
 /// Handles one delivery. `stopping` is cancelled when the consumer stops: a handler
@@ -64,7 +81,7 @@ pub(crate) struct QueueConsumer {
     broker: SharedBroker,
     topology: Topology,
     queue: String,
-    prefetch: u16,
+    prefetch: AtomicU16,
     stopping: CancellationToken,
     tasks: TaskTracker,
     control: Mutex<Option<Arc<dyn ConsumerControl>>>,
@@ -87,7 +104,7 @@ impl QueueConsumer {
             broker,
             topology,
             queue,
-            prefetch,
+            prefetch: AtomicU16::new(prefetch),
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
             control: Mutex::new(None),
@@ -97,6 +114,16 @@ impl QueueConsumer {
 
     pub(crate) fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// Changes the prefetch of the consumers it starts from now on (0: unlimited).
+    pub(crate) fn set_prefetch(&self, prefetch: u16) {
+        self.prefetch.store(prefetch, Ordering::Relaxed);
+    }
+
+    /// The prefetch its consumers get.
+    pub(crate) fn prefetch(&self) -> u16 {
+        self.prefetch.load(Ordering::Relaxed)
     }
 
     /// What it declares before consuming.
@@ -123,7 +150,7 @@ impl QueueConsumer {
         self.broker.declare(&self.topology).await?;
         let consumer = self
             .broker
-            .consume(&self.queue, ConsumeOptions::prefetch(self.prefetch))
+            .consume(&self.queue, ConsumeOptions::prefetch(self.prefetch()))
             .await?;
         *self.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(consumer.control());
         Ok(consumer)
@@ -262,11 +289,129 @@ impl QueueConsumer {
     }
 }
 
-impl std::fmt::Debug for QueueConsumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for QueueConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueueConsumer")
             .field("queue", &self.queue)
-            .field("prefetch", &self.prefetch)
+            .field("prefetch", &self.prefetch())
             .finish()
+    }
+}
+
+/// What kind of JSON payloads a [`JsonDeliveries`] handles, for its log lines.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Payloads {
+    /// An event handler's events.
+    Events,
+    /// A `consume` entrypoint's messages.
+    Messages,
+}
+
+impl Payloads {
+    /// `event` or `message`, as [`settle`] names it.
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Events => "event",
+            Self::Messages => "message",
+        }
+    }
+
+    /// Logs why a delivery is rejected, naming the entrypoint as each kind always has.
+    fn log_rejection(self, service: &str, method: &str, routing_key: &str, why: fmt::Arguments<'_>) {
+        match self {
+            Self::Events => {
+                tracing::error!(service, handler = method, routing_key = %routing_key, "rejecting an event{why}");
+            }
+            Self::Messages => {
+                tracing::error!(service, consumer = method, routing_key = %routing_key, "rejecting a message{why}");
+            }
+        }
+    }
+}
+
+/// The deliveries of an entrypoint whose method takes one JSON payload (event handlers,
+/// `consume`): [`inbound::check`](crate::inbound::check) then decode — a refused or
+/// undecodable delivery is rejected without requeue and logged, never redelivered in a
+/// loop —, the `nameko.*` headers as context data, a worker slot (requeued when the
+/// consumer stops first), and, in the worker's own task, the settlement: ack after a
+/// success, requeue after a kill, and after a failure `on_failure`'s (retries,
+/// dead-lettering), else a requeue with `requeue_on_error`, else an ack.
+pub(crate) struct JsonDeliveries<Req, Resp> {
+    pub(crate) binding: nameko_core::Binding<Req, Resp>,
+    pub(crate) payloads: Payloads,
+    pub(crate) requeue_on_error: bool,
+    pub(crate) on_failure: Option<Arc<crate::events::retry::OnFailure>>,
+    pub(crate) max_message_size: usize,
+}
+
+impl<Req, Resp> DeliveryHandler for JsonDeliveries<Req, Resp>
+where
+    Req: serde::de::DeserializeOwned + Send + 'static,
+    Resp: Send + 'static,
+{
+    fn handle(
+        &self,
+        delivery: Delivery,
+        stopping: CancellationToken,
+        settling: TaskTrackerToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let binding = self.binding.clone();
+        let payloads = self.payloads;
+        let requeue_on_error = self.requeue_on_error;
+        let on_failure = self.on_failure.clone();
+        let max_message_size = self.max_message_size;
+        Box::pin(async move {
+            let noun = payloads.noun();
+            let reject = |why: fmt::Arguments<'_>| {
+                payloads.log_rejection(
+                    binding.service_name(),
+                    binding.info().method(),
+                    &delivery.routing_key,
+                    why,
+                );
+            };
+            if let Err(refusal) = crate::inbound::check(&delivery, max_message_size) {
+                reject(format_args!(": {refusal}"));
+                return settle(delivery.reject(false).await, noun);
+            }
+            let decoded = match delivery.properties.content_type.as_deref() {
+                Some("application/json") | None => {
+                    serde_json::from_slice::<Req>(&delivery.body).map_err(|e| e.to_string())
+                }
+                Some(other) => Err(format!("unsupported content type `{other}`")),
+            };
+            let request = match decoded {
+                Ok(request) => request,
+                Err(err) => {
+                    reject(format_args!(" that does not decode: {err}"));
+                    return settle(delivery.reject(false).await, noun);
+                }
+            };
+            let data = crate::context::context_from_headers(delivery.properties.headers.as_ref());
+            let Some(slot) = crate::slot::reserve_unless_stopped(&binding, &stopping).await else {
+                return settle(delivery.nack(true).await, noun);
+            };
+            // Settled in the worker's own task, once it finished.
+            slot.start_then(
+                request,
+                data,
+                nameko_core::Extensions::new(),
+                move |result| async move {
+                    let settled = match result {
+                        Ok(_) => delivery.ack().await,
+                        Err(nameko_core::WorkerError::Killed | nameko_core::WorkerError::NotStarted(_)) => {
+                            delivery.nack(true).await
+                        }
+                        Err(err) => match &on_failure {
+                            Some(on_failure) => on_failure.failed(&delivery, &err).await,
+                            None if requeue_on_error => delivery.nack(true).await,
+                            None => delivery.ack().await,
+                        },
+                    };
+                    settle(settled, noun);
+                    drop(settling);
+                },
+            );
+        })
     }
 }

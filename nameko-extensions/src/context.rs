@@ -1,16 +1,21 @@
 //! Context data on the wire: `nameko.<key>` headers in and out.
 
-use nameko_core::{ContextData, TRACE_ID_KEY, is_valid_trace_id};
+use nameko_core::{ContextData, TRACE_ID_KEY, WorkerContext, is_valid_trace_id};
 use serde_json::Value;
 
-use crate::broker::{FieldValue, Headers};
+use crate::{
+    broker::{FieldValue, Headers},
+    inbound::MAX_HEADER_DEPTH,
+};
 
 /// The prefix of context headers.
 pub const HEADER_PREFIX: &str = "nameko.";
 
 /// The context data of an incoming message: only `nameko.*` headers, without the
 /// prefix (broker headers such as `x-death` never leak into context data). A raw W3C
-/// `traceparent` header supplies the trace id when there is no `nameko.trace_id`.
+/// `traceparent` header supplies the trace id when there is no `nameko.trace_id`. A
+/// value nested more than [`MAX_HEADER_DEPTH`] levels deep is left out (and logged):
+/// converting it would recurse that deep.
 pub fn context_from_headers(headers: Option<&Headers>) -> ContextData {
     let mut data = ContextData::new();
     let Some(headers) = headers else { return data };
@@ -18,6 +23,13 @@ pub fn context_from_headers(headers: Option<&Headers>) -> ContextData {
         if let Some(key) = name.strip_prefix(HEADER_PREFIX)
             && !key.is_empty()
         {
+            if nests_deeper_than(value, MAX_HEADER_DEPTH) {
+                tracing::warn!(
+                    header = name,
+                    "leaving out a context header nested more than {MAX_HEADER_DEPTH} levels deep"
+                );
+                continue;
+            }
             data.insert(key, value.to_json());
         }
     }
@@ -30,6 +42,24 @@ pub fn context_from_headers(headers: Option<&Headers>) -> ContextData {
     data
 }
 
+/// Whether `value` holds lists or tables more than `limit` levels deep (a list of
+/// strings is one level). Iterative: never recurses, however deep the value.
+fn nests_deeper_than(value: &FieldValue, limit: usize) -> bool {
+    let mut open = vec![(value, 0)];
+    while let Some((value, depth)) = open.pop() {
+        let items: Box<dyn Iterator<Item = &FieldValue>> = match value {
+            FieldValue::Array(items) => Box::new(items.iter()),
+            FieldValue::Table(table) => Box::new(table.iter().map(|(_, v)| v)),
+            _ => continue,
+        };
+        if depth + 1 > limit {
+            return true;
+        }
+        open.extend(items.map(|item| (item, depth + 1)));
+    }
+    false
+}
+
 /// The trace-id part of a W3C `traceparent` (`<version>-<trace-id>-<parent-id>-<flags>`),
 /// if it is a valid trace id (`[A-Za-z0-9._-]{1,128}`).
 pub(crate) fn trace_id_from_traceparent(traceparent: &str) -> Option<&str> {
@@ -38,7 +68,7 @@ pub(crate) fn trace_id_from_traceparent(traceparent: &str) -> Option<&str> {
 
 /// A new trace id, for a call that starts a trace.
 pub(crate) fn new_trace_id() -> String {
-    nameko_core::ids::uuid4().simple().to_string()
+    nameko_core::ids::uuid4_simple()
 }
 
 /// The headers of an outgoing message: every context key as `nameko.<key>`; keys whose
@@ -58,6 +88,23 @@ pub fn edge_context() -> ContextData {
     ContextData::new().with(TRACE_ID_KEY, Value::String(new_trace_id()))
 }
 
+/// The context data a message published by a dependency carries: inside a worker, the
+/// worker's (its context data and call id stack); outside any, a fresh trace id with
+/// `data` over it (which may bring its own `trace_id`). What the event dispatcher and
+/// the publisher send as `nameko.*` headers.
+pub(crate) fn outgoing_context(cx: Option<&WorkerContext>, data: &ContextData) -> ContextData {
+    match cx {
+        Some(cx) => cx.outgoing_data(),
+        None => {
+            let mut outgoing = edge_context();
+            for (key, value) in data.iter() {
+                outgoing.insert(key, value.clone());
+            }
+            outgoing
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -75,6 +122,25 @@ mod tests {
         assert_eq!(data.get("user_id"), Some(&json!(7)));
         assert_eq!(data.get("call_id_stack"), Some(&json!(["ext.client.1"])));
         assert_eq!(data.len(), 2);
+    }
+
+    #[test]
+    fn values_nested_too_deeply_are_left_out() {
+        let nest = |depth: usize| {
+            let mut value = FieldValue::String("leaf".into());
+            for _ in 0..depth {
+                value = FieldValue::Array(vec![value]);
+            }
+            value
+        };
+        let mut headers = Headers::new();
+        headers.insert("nameko.ok", nest(MAX_HEADER_DEPTH));
+        headers.insert("nameko.deep", nest(MAX_HEADER_DEPTH + 1));
+        let data = context_from_headers(Some(&headers));
+        assert!(data.get("ok").is_some());
+        assert!(data.get("deep").is_none());
+        assert!(!nests_deeper_than(&FieldValue::Bool(true), 0));
+        assert!(nests_deeper_than(&nest(1), 0));
     }
 
     #[test]

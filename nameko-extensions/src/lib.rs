@@ -11,8 +11,10 @@
 //! | [`memory`] | the in-memory broker (`--transport memory`, and tests) |
 //! | [`rpc`] | the `rpc` entrypoint, RPC clients and dependencies |
 //! | [`events`] | the `event_handler` entrypoint and the event dispatcher |
+//! | [`messaging`] | the `consume` entrypoint and the `Publisher` dependency |
 //! | [`timer`] | the `timer` entrypoint: interval (tokio time) and cron (feature `cron`) schedules, cluster singletons |
 //! | [`context`] | context data as `nameko.*` headers |
+//! | [`inbound`] | what every consumer checks before decoding: `MAX_MESSAGE_SIZE`, dropped headers |
 //! | `http` | HTTP entrypoints and the runner's web server (axum), behind the `http` feature |
 //! | [`transport`] | how extensions find the runner's broker |
 //! | `ws` | websocket RPC (`#[ws_rpc]`) and the hub on `GET /ws`, behind the `ws` feature |
@@ -24,7 +26,9 @@ pub mod context;
 pub mod events;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod inbound;
 pub mod memory;
+pub mod messaging;
 pub mod rpc;
 pub mod timer;
 pub mod transport;

@@ -10,23 +10,28 @@ use syn::{
     punctuated::Punctuated,
 };
 
-/// One `key`, `key = value` item of an attribute.
+/// One `key`, `key = value` or `key(...)` item of an attribute.
 pub(crate) struct KeyValue {
     pub(crate) key: Ident,
     pub(crate) value: Option<Expr>,
+    /// The tokens inside `key(...)`.
+    pub(crate) list: Option<TokenStream>,
 }
 
 impl Parse for KeyValue {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         // `crate` and `type` are keywords; they are fine as keys.
         let key = Ident::parse_any(input)?;
-        let value = if input.peek(Token![=]) {
+        let (mut value, mut list) = (None, None);
+        if input.peek(Token![=]) {
             input.parse::<Token![=]>()?;
-            Some(input.parse()?)
-        } else {
-            None
-        };
-        Ok(Self { key, value })
+            value = Some(input.parse()?);
+        } else if input.peek(syn::token::Paren) {
+            let content;
+            syn::parenthesized!(content in input);
+            list = Some(content.parse()?);
+        }
+        Ok(Self { key, value, list })
     }
 }
 
@@ -37,6 +42,12 @@ impl KeyValue {
     }
 
     fn value_or_err(&self) -> syn::Result<&Expr> {
+        if self.list.is_some() {
+            return Err(syn::Error::new(
+                self.key.span(),
+                format!("`{}` takes a value, not a list: `{} = ...`", self.name(), self.name()),
+            ));
+        }
         self.value.as_ref().ok_or_else(|| {
             syn::Error::new(
                 self.key.span(),
@@ -88,6 +99,24 @@ impl KeyValue {
         }
     }
 
+    /// `max_workers = N`: a whole number of at least 1, as a `usize` literal.
+    pub(crate) fn max_workers(&self) -> syn::Result<LitInt> {
+        let lit = self.int()?;
+        let n: usize = lit.base10_parse().map_err(|_| {
+            syn::Error::new_spanned(
+                &lit,
+                "`max_workers` takes a whole number of workers, e.g. `max_workers = 4`",
+            )
+        })?;
+        if n == 0 {
+            return Err(syn::Error::new_spanned(
+                &lit,
+                "`max_workers` must be at least 1: 0 would never run a worker",
+            ));
+        }
+        Ok(LitInt::new(&format!("{n}usize"), lit.span()))
+    }
+
     /// Any literal, as the string a provider argument holds (`5` → `"5"`).
     pub(crate) fn lit_as_string(&self) -> syn::Result<String> {
         Ok(match self.lit()? {
@@ -105,8 +134,25 @@ impl KeyValue {
         })
     }
 
+    /// The items of `key(a = 1, b = "x")`; `usage` says how to write it.
+    pub(crate) fn nested(&self, usage: &str) -> syn::Result<Vec<KeyValue>> {
+        match &self.list {
+            Some(tokens) => parse_list(tokens.clone()),
+            None => Err(syn::Error::new(
+                self.key.span(),
+                format!("`{}` takes a list: {usage}", self.name()),
+            )),
+        }
+    }
+
     /// A key with no value (`expected`).
     pub(crate) fn flag(&self) -> syn::Result<()> {
+        if self.list.is_some() {
+            return Err(syn::Error::new(
+                self.key.span(),
+                format!("`{}` is a flag: write it without a list", self.name()),
+            ));
+        }
         match &self.value {
             None => Ok(()),
             Some(value) => Err(syn::Error::new_spanned(

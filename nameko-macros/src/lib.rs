@@ -89,6 +89,12 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 ///     #[rpc]                                     // stacked: both registered
 ///     async fn refresh(&self, change: Value) -> Result<(), GreetingError> { Ok(()) }
 ///
+///     #[rpc(max_workers = 2)]                    // at most two at once
+///     async fn report(&self) -> Result<String, RemoteError> { Ok("report".into()) }
+///
+///     #[consume(queue = "greetings", requeue_on_error = true)]
+///     async fn on_message(&self, message: Value) -> Result<(), GreetingError> { Ok(()) }
+///
 ///     #[entrypoint(Once::<()>::new(()))]         // any `Entrypoint` value
 ///     async fn seed(&self) -> Result<(), GreetingError> { Ok(()) }
 ///
@@ -113,6 +119,16 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 ///   `handler_type = "service_pool" | "singleton" | "broadcast"`,
 ///   `reliable_delivery = bool`, `broadcast_identifier = "..."`,
 ///   `requeue_on_error = bool`.
+/// - `#[consume(queue = "...", ...)]`: one message parameter, decoded from the JSON
+///   body of each message of the queue (declared durable). Options: `exchange = "..."`
+///   with `exchange_type = "direct" | "topic" | "fanout"` (default `direct`) and
+///   `routing_key = "..."` (binds the queue), `durable = bool`, `requeue_on_error = bool`.
+/// - `#[http("GET", "/path/{param}")]` (the facade's `http` feature): the parameters are
+///   axum extractors; repeat the attribute for more routes.
+/// - `#[timer(interval = "30s")]`, `#[timer(cron = "...")]`: no parameter.
+/// - Every entrypoint attribute but `#[entrypoint]` takes `max_workers = N` (N ≥ 1): at
+///   most N workers of that entrypoint at once, within the container's `max_workers`
+///   (`#[rpc(max_workers = 2)]`, `#[http("GET", "/", max_workers = 4)]`).
 /// - `#[entrypoint(<expr>)]`: registers any `Entrypoint`; the method takes its request
 ///   as its one parameter, or none for `()`.
 /// - `#[ws_rpc]` (the facade's `ws` feature): called by websocket request frames on
@@ -126,7 +142,7 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 ///   start (an error fails the start), `on_stop` hooks during a graceful stop, after
 ///   the running workers finished and before the dependencies stop.
 ///
-/// `#[rpc]` and `#[event_handler]` stack on a one-parameter method. The helper
+/// `#[rpc]`, `#[event_handler]` and `#[consume]` stack on a one-parameter method. The helper
 /// attributes only exist inside `#[service]`. Also registers the service with the
 /// runner's registry (feature `registry`). Override the facade path with
 /// `crate = "path::to::nameko"`.

@@ -329,6 +329,26 @@ impl ServiceHarness {
             .await
     }
 
+    /// A standalone [`Publisher`](nameko_extensions::messaging::Publisher) on the
+    /// harness's broker, to the default exchange (give it one with `.exchange(...)`):
+    /// sends messages to the service's `#[consume]` queues as another service would.
+    ///
+    /// ```
+    /// # use nameko_testing::ServiceHarness;
+    /// # async fn demo(harness: &ServiceHarness) {
+    /// use nameko_extensions::messaging::PublishOptions;
+    ///
+    /// harness
+    ///     .publisher()
+    ///     .publish(&serde_json::json!({"id": 7}), PublishOptions::new().routing_key("jobs"))
+    ///     .await
+    ///     .unwrap();
+    /// # }
+    /// ```
+    pub fn publisher(&self) -> nameko_extensions::messaging::Publisher {
+        nameko_extensions::messaging::Publisher::standalone(self.broker.shared())
+    }
+
     /// Waits for the next worker of `method` that finishes after this call: Nameko's
     /// `entrypoint_waiter`. Make the waiter before triggering the entrypoint.
     pub fn waiter(&self, method: &str) -> EntrypointWaiter {

@@ -3,7 +3,9 @@
 //! - Unit tests: build the worker with the generated `worker_factory()` (from
 //!   `#[derive(nameko::Dependencies)]`) and call the method. Framework fields default
 //!   to fakes: an unset `EventDispatcher` records what it dispatches
-//!   ([`EventDispatcher::recording`](nameko_extensions::events::EventDispatcher::recording)).
+//!   ([`EventDispatcher::recording`](nameko_extensions::events::EventDispatcher::recording)),
+//!   and an unset `Publisher` what it publishes
+//!   ([`Publisher::recording`](nameko_extensions::messaging::Publisher::recording)).
 //! - Container tests: [`ServiceHarness`] runs a real container on an in-memory broker.
 //!   It covers Nameko's `entrypoint_hook` ([`ServiceHarness::call`], or
 //!   [`ServiceHarness::rpc`] through the broker as a caller would),
@@ -38,6 +40,8 @@ mod rabbitmq;
 pub use nameko_core::entrypoints::{Dummy, Once};
 #[doc(inline)]
 pub use nameko_extensions::events::{DispatchLog, EventDispatcher};
+#[doc(inline)]
+pub use nameko_extensions::messaging::{PublishLog, Publisher};
 #[cfg(feature = "ws")]
 #[doc(inline)]
 pub use nameko_extensions::ws::{HubLog, WebSocketHub};

@@ -67,7 +67,7 @@ pub use nameko_extensions::http;
 #[cfg(feature = "ws")]
 #[doc(inline)]
 pub use nameko_extensions::ws;
-pub use nameko_extensions::{broker, context, events, memory, rpc, timer};
+pub use nameko_extensions::{broker, context, events, memory, messaging, rpc, timer};
 #[cfg(feature = "macros")]
 #[doc(inline)]
 pub use nameko_macros::{Dependencies, RemoteError, rpc_client, service};
@@ -98,7 +98,9 @@ pub mod __private {
     #[cfg(feature = "ws")]
     pub use ::nameko_extensions::ws::WsRpcEntrypoint;
     pub use ::nameko_extensions::{
-        events::{EventHandler, HandlerType},
+        broker::{Exchange, ExchangeKind},
+        events::{Backoff, EventHandler, HandlerType, Retry},
+        messaging::Consume,
         rpc::{
             FromRpcArgs, Param, Rpc, RpcArgs, RpcEntrypoint, RpcError, RpcInterface, ServiceRpc, TypedReply, decode_arg,
         },

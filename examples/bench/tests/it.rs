@@ -45,7 +45,9 @@ async fn the_service_answers_and_counts_pings() {
     assert!(waiter.wait(Duration::from_secs(5)).await.unwrap().is_success());
     let stats: PingStats = serde_json::from_value(bench.rpc("ping_stats", Value::Null).await.unwrap()).unwrap();
     assert_eq!(stats.count, 1);
-    assert_eq!(counter.stats(), stats);
+    assert_eq!(counter.stats().count, stats.count);
+    // Through JSON: serde_json parses floats fast, not always to the last bit.
+    assert!((counter.stats().last - stats.last).abs() < 1e-3, "{stats:?}");
     bench.stop().await;
 }
 

@@ -15,6 +15,8 @@ use nameko::rpc::RpcError;
 use nameko_testing::{PythonNameko, RabbitMq, ServiceHarness};
 use serde_json::json;
 
+mod soak;
+
 #[tokio::test]
 async fn greet_over_rpc_reaches_the_listener() {
     let broker = MemoryBroker::new();

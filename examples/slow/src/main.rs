@@ -1,6 +1,8 @@
-//! Two services whose handlers take their time, for the graceful-stop tests
+//! Services whose handlers take their time, for the graceful-stop and delivery tests
 //! (`tests/stop.rs`): `slow` answers `sleep(ms)` after sleeping, `hung` and `stubborn`
-//! never answer `hang()`. Each logs when a call starts, so a test knows what is in flight.
+//! never answer `hang()`, `ledger` records each `ledger_source` `entry` event it handles.
+//! Each logs when a call starts (or an event is recorded), so a test knows what is in
+//! flight.
 //!
 //! Run with: `cargo run -p example-slow -- run slow --broker amqp://...`
 
@@ -50,6 +52,21 @@ impl Stubborn {
     async fn hang(&self) -> Result<(), RemoteError> {
         tracing::info!("hanging");
         std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+/// Records events, a little slowly: a kill falls while some are in flight.
+#[derive(Debug, nameko::Dependencies)]
+struct Ledger {}
+
+#[nameko::service(name = "ledger")]
+impl Ledger {
+    /// Logs `recorded <id>` for an `entry` event of `ledger_source` after 5 ms.
+    #[event_handler("ledger_source", "entry")]
+    async fn record(&self, id: u64) -> Result<(), RemoteError> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        tracing::info!("recorded {id}");
         Ok(())
     }
 }

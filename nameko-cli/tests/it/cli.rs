@@ -571,6 +571,7 @@ serializer: json
 HEARTBEAT: 60
 max_workers: 3
 parent_calls_tracked: 10
+MAX_MESSAGE_SIZE: 8388608
 EXTRA:
   nested: \"yes\"
 CLIENT_SECRET: \"***\"

@@ -61,9 +61,9 @@ pub use value::{ConfigValue, Location};
 use value::{Entry, Node};
 use yaml::{Locator, Raw, Resolver};
 
-/// The top-level keys Nameko itself reads, in their exact Nameko spelling, and the few
-/// nameko-rs's command line adds (`MANAGEMENT_URI`, `LOG_STREAM`, `LOG_EXCHANGE`). They are
-/// looked up ignoring case.
+/// The top-level keys Nameko itself reads, in their exact Nameko spelling, the few
+/// nameko-rs's command line adds (`MANAGEMENT_URI`, `LOG_STREAM`, `LOG_EXCHANGE`) and
+/// nameko-rs's `MAX_MESSAGE_SIZE`. They are looked up ignoring case.
 pub const KNOWN_KEYS: &[&str] = &[
     "AMQP_URI",
     "WEB_SERVER_ADDRESS",
@@ -86,6 +86,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "MANAGEMENT_URI",
     "LOG_STREAM",
     "LOG_EXCHANGE",
+    // nameko-rs's own, read by every message consumer.
+    "MAX_MESSAGE_SIZE",
 ];
 
 /// Default of `max_workers`, also used when it is 0 or null.
@@ -102,6 +104,8 @@ pub const DEFAULT_SERIALIZER: &str = "json";
 pub const DEFAULT_WEB_SERVER_ADDRESS: &str = "0.0.0.0:8000";
 /// Default of `HEARTBEAT`, in seconds.
 pub const DEFAULT_HEARTBEAT: u64 = 60;
+/// Default of `MAX_MESSAGE_SIZE`, in bytes: 8 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 8 * 1024 * 1024;
 
 const MAX_WORKERS: &str = "max_workers";
 const PARENT_CALLS_TRACKED: &str = "parent_calls_tracked";
@@ -110,6 +114,7 @@ const AMQP_URI: &str = "AMQP_URI";
 const SERIALIZER: &str = "serializer";
 const WEB_SERVER_ADDRESS: &str = "WEB_SERVER_ADDRESS";
 const HEARTBEAT: &str = "HEARTBEAT";
+const MAX_MESSAGE_SIZE: &str = "MAX_MESSAGE_SIZE";
 
 /// The exact spelling of a known key, matched ignoring case.
 fn known_key(key: &str) -> Option<&'static str> {
@@ -126,6 +131,7 @@ fn default_entries() -> Vec<Entry> {
         (HEARTBEAT, Node::Int(i128::from(DEFAULT_HEARTBEAT))),
         (MAX_WORKERS, int(DEFAULT_MAX_WORKERS)),
         (PARENT_CALLS_TRACKED, int(DEFAULT_PARENT_CALLS_TRACKED)),
+        (MAX_MESSAGE_SIZE, int(DEFAULT_MAX_MESSAGE_SIZE)),
     ]
     .into_iter()
     .map(|(key, node)| Entry {
@@ -150,6 +156,7 @@ struct Inner {
     max_workers: usize,
     parent_calls_tracked: usize,
     heartbeat: u64,
+    max_message_size: usize,
 }
 
 impl Default for Config {
@@ -163,6 +170,7 @@ impl Default for Config {
                 max_workers: DEFAULT_MAX_WORKERS,
                 parent_calls_tracked: DEFAULT_PARENT_CALLS_TRACKED,
                 heartbeat: DEFAULT_HEARTBEAT,
+                max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             }),
         }
     }
@@ -298,6 +306,14 @@ impl Config {
     #[must_use]
     pub fn heartbeat(&self) -> u64 {
         self.inner.heartbeat
+    }
+
+    /// `MAX_MESSAGE_SIZE`: the largest message body, in bytes, a consumer decodes
+    /// (default 8 MiB; null also means the default). Larger RPC requests get an error
+    /// reply, larger events are rejected; see `nameko_extensions::inbound`.
+    #[must_use]
+    pub fn max_message_size(&self) -> usize {
+        self.inner.max_message_size
     }
 
     /// The whole merged tree as JSON, defaults included (what `show-config` prints).
@@ -529,6 +545,15 @@ impl ConfigLoader {
         };
         let max_workers = count(MAX_WORKERS, true, DEFAULT_MAX_WORKERS)?;
         let parent_calls_tracked = count(PARENT_CALLS_TRACKED, false, DEFAULT_PARENT_CALLS_TRACKED)?;
+        let max_message_size = match root.get(MAX_MESSAGE_SIZE) {
+            None => DEFAULT_MAX_MESSAGE_SIZE,
+            Some(value) => match value.node {
+                Node::Null => DEFAULT_MAX_MESSAGE_SIZE,
+                Node::Int(i) if i > 0 => usize::try_from(i)
+                    .map_err(|_| wrong_type(value, MAX_MESSAGE_SIZE, "a size in bytes that fits usize"))?,
+                _ => return Err(wrong_type(value, MAX_MESSAGE_SIZE, "a size in bytes above 0")),
+            },
+        };
         let heartbeat = match root.get(HEARTBEAT) {
             None => DEFAULT_HEARTBEAT,
             Some(value) => heartbeat_seconds(value)
@@ -550,6 +575,7 @@ impl ConfigLoader {
                 max_workers,
                 parent_calls_tracked,
                 heartbeat,
+                max_message_size,
             }),
         })
     }

@@ -306,6 +306,17 @@ impl<S: Service> ServiceContainerBuilder<S> {
 
         let core = Arc::new(Core::<S>::new(config.clone(), providers, instance.clone()));
         let mut entrypoints: Vec<BoundEntrypoint> = declared.decls.into_iter().map(|d| d.bind(&core)).collect();
+        if let Some((index, err)) = entrypoints.iter().enumerate().find_map(|(index, ep)| {
+            let limit = ep.info.max_workers()?;
+            worker::check_max_workers(limit).err().map(|err| (index, err))
+        }) {
+            handles.iter().for_each(ProviderHandle::kill);
+            return Err(ContainerError::Setup {
+                service: S::NAME,
+                part: describe(&entrypoints[index].info),
+                source: SetupError::new(err),
+            });
+        }
         for index in 0..entrypoints.len() {
             let ep = &mut entrypoints[index];
             let mut cx = SetupContext {

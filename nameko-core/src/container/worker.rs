@@ -118,13 +118,21 @@ impl<S: Service> Core<S> {
         }
     }
 
+    /// Why no worker may start now: the container is killed or stopping.
+    fn refusal(&self) -> Option<SpawnError> {
+        if self.killed.is_cancelled() {
+            Some(SpawnError::Killed)
+        } else if self.stopping.is_cancelled() {
+            Some(SpawnError::Stopping)
+        } else {
+            None
+        }
+    }
+
     /// Waits for a permit of `semaphore`, unless the container stops or is killed first.
     async fn acquire(&self, semaphore: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, SpawnError> {
-        if self.killed.is_cancelled() {
-            return Err(SpawnError::Killed);
-        }
-        if self.stopping.is_cancelled() {
-            return Err(SpawnError::Stopping);
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
         }
         // A free permit needs no waiting: nothing to race against stop and kill.
         if let Ok(permit) = Arc::clone(semaphore).try_acquire_owned() {
@@ -137,6 +145,21 @@ impl<S: Service> Core<S> {
             permit = Arc::clone(semaphore).acquire_owned() => Ok(permit.expect("worker semaphores are never closed")),
         }
     }
+}
+
+/// Checks an entrypoint's own `max_workers`: at least 1 (0 would never run a worker),
+/// at most what a semaphore holds.
+pub(crate) fn check_max_workers(max_workers: usize) -> Result<(), String> {
+    if max_workers == 0 {
+        return Err("max_workers is 0: it would never run a worker; give it 1 or more".into());
+    }
+    if max_workers > Semaphore::MAX_PERMITS {
+        return Err(format!(
+            "max_workers is {max_workers}: more than the {} a limit can hold",
+            Semaphore::MAX_PERMITS
+        ));
+    }
+    Ok(())
 }
 
 /// Starts workers of one method with one handler.
@@ -153,7 +176,12 @@ where
     S: Service,
 {
     pub(crate) fn new(core: Arc<Core<S>>, info: EntrypointInfo, handler: H) -> Self {
-        let own_permits = info.max_workers().map(|n| Arc::new(Semaphore::new(n)));
+        // An invalid limit (0, or more than a semaphore holds) makes no semaphore: the
+        // container refuses to start such an entrypoint (`check_max_workers`).
+        let own_permits = info
+            .max_workers()
+            .filter(|&n| check_max_workers(n).is_ok())
+            .map(|n| Arc::new(Semaphore::new(n)));
         Self {
             core,
             info,
@@ -173,6 +201,23 @@ where
     Fut: Future<Output = Result<Resp, Err>> + Send + 'static,
     Err: IntoHandlerError,
 {
+    fn try_reserve(&self) -> Option<Result<Reserved, SpawnError>> {
+        let core = &self.core;
+        if let Some(refusal) = core.refusal() {
+            return Some(Err(refusal));
+        }
+        let token = core.tracker.token();
+        let own = match &self.own_permits {
+            Some(semaphore) => Some(Arc::clone(semaphore).try_acquire_owned().ok()?),
+            None => None,
+        };
+        let permit = Arc::clone(&core.permits).try_acquire_owned().ok()?;
+        Some(Ok(Reserved {
+            token,
+            permits: (permit, own),
+        }))
+    }
+
     fn reserve(&self) -> Pin<Box<dyn Future<Output = Result<Reserved, SpawnError>> + Send + '_>> {
         Box::pin(async move {
             let core = &self.core;
@@ -198,13 +243,10 @@ where
         data: ContextData,
         extensions: Extensions,
         deliver: Deliver<Resp>,
-    ) -> String {
+    ) -> WorkerContext {
         let core = Arc::clone(&self.core);
         let cx = WorkerContext::new(S::NAME, self.info.clone(), data, core.config.clone(), extensions);
-        let call_id = match deliver {
-            Deliver::Handle(_) => cx.call_id().to_owned(),
-            Deliver::Then(_) => String::new(),
-        };
+        let handle_cx = cx.clone();
         let handler = Arc::clone(&self.handler);
         // The span covers the whole task, the entrypoint's continuation (reply, ack) too,
         // so every line a worker logs names its service, entrypoint, call id and trace id.
@@ -234,7 +276,7 @@ where
             }
             .instrument(span),
         );
-        call_id
+        handle_cx
     }
 }
 

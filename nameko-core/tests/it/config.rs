@@ -642,6 +642,33 @@ fn unset_variable_for_a_string_known_key_is_an_error() {
 }
 
 #[test]
+fn max_message_size_is_a_positive_size_in_bytes() {
+    assert_eq!(load("a: 1\n", &[]).max_message_size(), 8 * 1024 * 1024);
+    assert_eq!(load("MAX_MESSAGE_SIZE: 1024\n", &[]).max_message_size(), 1024);
+    assert_eq!(load("max_message_size: 2048\n", &[]).max_message_size(), 2048);
+    assert_eq!(load("MAX_MESSAGE_SIZE:\n", &[]).max_message_size(), 8 * 1024 * 1024);
+    for (yaml, column) in [
+        ("MAX_MESSAGE_SIZE: 0\n", 19),
+        ("MAX_MESSAGE_SIZE: -5\n", 19),
+        ("MAX_MESSAGE_SIZE: 8MiB\n", 19),
+        ("MAX_MESSAGE_SIZE: 1.5\n", 19),
+    ] {
+        let error = try_load(yaml, &[]).expect_err(yaml);
+        assert_eq!(error.kind(), ConfigErrorKind::InvalidValue, "{yaml}");
+        assert_eq!(error.key_path(), "MAX_MESSAGE_SIZE", "{yaml}");
+        assert!(
+            error.to_string().contains("expected a size in bytes above 0"),
+            "{error}"
+        );
+        assert_eq!(
+            error.location().map(ToString::to_string),
+            Some(format!("config.yaml:1:{column}")),
+            "{yaml}"
+        );
+    }
+}
+
+#[test]
 fn falsy_max_workers_means_default() {
     assert_eq!(load("max_workers: 0\n", &[]).max_workers(), 10);
     assert_eq!(load("max_workers:\n", &[]).max_workers(), 10);
@@ -703,6 +730,8 @@ fn defaults() {
     let json = c.to_json();
     assert_eq!(json["max_workers"], json!(10));
     assert_eq!(json["HEARTBEAT"], json!(60));
+    assert_eq!(c.max_message_size(), 8 * 1024 * 1024);
+    assert_eq!(json["MAX_MESSAGE_SIZE"], json!(8 * 1024 * 1024));
     assert_eq!(json["AMQP_URI"], json!("amqp://guest:guest@localhost:5672/"));
     assert!(c.get("AMQP_URI").expect("default").location().is_default());
     for key in c.keys() {

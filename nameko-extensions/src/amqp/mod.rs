@@ -39,6 +39,7 @@
 //! `lapin::returned_messages`; turn that target off (the CLI does).
 
 mod convert;
+mod guard;
 mod settings;
 mod tls;
 mod uri;
@@ -319,8 +320,9 @@ impl AmqpBroker {
             phase: Mutex::new(Phase::Connecting),
             first_failure: Mutex::new(Some(first_failure)),
         });
-        let runtime = lapin::runtime::default_runtime()
-            .map_err(|e| BrokerError::ConnectionLost(format!("cannot connect to {uri}: {e}")))?;
+        // lapin's default runtime (tokio, current), with TCP streams that pass what
+        // lapin reads through the header guard.
+        let runtime = async_rs::Runtime::new(guard::GuardedKit::current());
         let dial = Arc::clone(&dialer);
         let connecting = Connection::connector(
             uri.as_lapin(options.heartbeat),
@@ -337,15 +339,18 @@ impl AmqpBroker {
                     let stream = target.connect_with_config_async(plain.as_ref(), &runtime).await;
                     #[cfg(feature = "amqp-tls")]
                     let stream = match (stream, &secure) {
-                        (Ok(stream), Some(secure)) => stream
+                        // TLS inside the guarded stream, so the guard reads plain frames.
+                        (Ok(lapin::AsyncTcpStream::Plain(stream)), Some(secure)) => stream
                             .into_rustls(&secure.connector, &secure.server_name)
                             .await
+                            .map(lapin::AsyncTcpStream::Plain)
                             .map_err(|e| {
                                 io::Error::new(
                                     e.kind(),
                                     format!("TLS handshake with {} failed: {e}", secure.server_name),
                                 )
                             }),
+                        (Ok(_), Some(_)) => Err(io::Error::other("the plain TCP stream was already wrapped")),
                         (stream, _) => stream,
                     };
                     #[cfg(not(feature = "amqp-tls"))]

@@ -27,6 +27,22 @@ impl ExchangeKind {
     }
 }
 
+impl std::str::FromStr for ExchangeKind {
+    type Err = String;
+
+    /// `topic`, `direct` or `fanout`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "topic" => Ok(Self::Topic),
+            "direct" => Ok(Self::Direct),
+            "fanout" => Ok(Self::Fanout),
+            other => Err(format!(
+                "unknown exchange type `{other}`; expected topic, direct or fanout"
+            )),
+        }
+    }
+}
+
 /// An exchange to declare.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exchange {
@@ -41,14 +57,29 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A durable topic exchange, as Nameko declares `nameko-rpc` and `<service>.events`.
-    pub fn topic(name: impl Into<String>) -> Self {
+    /// A durable exchange of `kind`, not auto-deleted (kombu's defaults).
+    pub fn new(name: impl Into<String>, kind: ExchangeKind) -> Self {
         Self {
             name: name.into(),
-            kind: ExchangeKind::Topic,
+            kind,
             durable: true,
             auto_delete: false,
         }
+    }
+
+    /// A durable topic exchange, as Nameko declares `nameko-rpc` and `<service>.events`.
+    pub fn topic(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Topic)
+    }
+
+    /// A durable direct exchange: kombu's `Exchange(name)`.
+    pub fn direct(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Direct)
+    }
+
+    /// A durable fanout exchange.
+    pub fn fanout(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Fanout)
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::OnceCell;
 use super::events_exchange_declare;
 use crate::{
     broker::{Exchange, Properties, Publish, PublishOutcome, SharedBroker, Topology},
-    context::{edge_context, headers_from_context},
+    context::{headers_from_context, outgoing_context},
     transport,
 };
 
@@ -213,16 +213,7 @@ impl EventDispatcher {
                 .await
                 .map_err(|err| transport(err.to_string()))?;
         }
-        let data: ContextData = match &self.cx {
-            Some(cx) => cx.outgoing_data(),
-            None => {
-                let mut data = edge_context();
-                for (key, value) in self.data.iter() {
-                    data.insert(key, value.clone());
-                }
-                data
-            }
-        };
+        let data = outgoing_context(self.cx.as_ref(), &self.data);
         let message = Publish {
             exchange: exchange.name.clone(),
             routing_key: event_type.to_owned(),

@@ -1,17 +1,17 @@
 //! [`EventHandler`]: the `event_handler` entrypoint.
 
-use std::{fmt, future::Future, marker::PhantomData, pin::Pin, sync::Arc};
+use std::{fmt, marker::PhantomData, sync::Arc};
 
-use nameko_core::{Binding, Entrypoint, Extension, Extensions, SetupContext, SetupError, WorkerError};
+use nameko_core::{Binding, Entrypoint, Extension, SetupContext, SetupError};
 use serde::de::DeserializeOwned;
-use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 
-use super::events_exchange_declare;
+use super::{
+    events_exchange_declare,
+    retry::{OnFailure, Retry},
+};
 use crate::{
-    broker::{Binding as QueueBinding, Delivery, Queue, Topology},
-    consumer::{DeliveryHandler, QueueConsumer, settle},
-    context::context_from_headers,
-    slot::reserve_unless_stopped,
+    broker::{Binding as QueueBinding, Queue, Topology},
+    consumer::{JsonDeliveries, Payloads, QueueConsumer, entrypoint_prefetch},
     transport,
 };
 
@@ -56,10 +56,14 @@ impl std::str::FromStr for HandlerType {
 
 /// The `event_handler` entrypoint: runs its method for each `event_type` event that
 /// `source` dispatches. The payload is decoded into `Req`; one that does not decode is
-/// rejected without requeue and logged — never redelivered in a loop.
+/// rejected without requeue and logged — never redelivered in a loop. So is one that
+/// [`inbound::check`](crate::inbound::check) refuses before decoding: a body larger than
+/// `MAX_MESSAGE_SIZE` (default 8 MiB), headers dropped on arrival.
 ///
 /// After the worker the event is acknowledged, unless the worker failed and
-/// `requeue_on_error` is set: then it is requeued.
+/// `requeue_on_error` is set: then it is requeued. With [`retry`](Self::retry) a failed
+/// event runs again after a delay, and with [`dead_letter`](Self::dead_letter) it goes
+/// to a dead-letter exchange after its last attempt (see [`Retry`]).
 ///
 /// ```
 /// use nameko_extensions::events::{EventHandler, HandlerType};
@@ -79,8 +83,13 @@ pub struct EventHandler<Req, Resp = ()> {
     reliable_delivery: Option<bool>,
     broadcast_identifier: Option<String>,
     requeue_on_error: bool,
+    retry: Option<Retry>,
+    dead_letter: Option<String>,
+    max_workers: Option<usize>,
     binding: Option<Binding<Req, Resp>>,
     consumer: Option<Arc<QueueConsumer>>,
+    on_failure: Option<Arc<OnFailure>>,
+    max_message_size: usize,
     _marker: PhantomData<fn(Req) -> Resp>,
 }
 
@@ -95,8 +104,13 @@ impl<Req, Resp> EventHandler<Req, Resp> {
             reliable_delivery: None,
             broadcast_identifier: None,
             requeue_on_error: false,
+            retry: None,
+            dead_letter: None,
+            max_workers: None,
             binding: None,
             consumer: None,
+            on_failure: None,
+            max_message_size: nameko_core::config::DEFAULT_MAX_MESSAGE_SIZE,
             _marker: PhantomData,
         }
     }
@@ -126,10 +140,60 @@ impl<Req, Resp> EventHandler<Req, Resp> {
     }
 
     /// Requeues the event when the worker fails (default `false`: it is acknowledged
-    /// and lost).
+    /// and lost). It redelivers at once and for ever; [`retry`](Self::retry) waits
+    /// between attempts and stops. The two do not go together (a setup error).
     #[must_use]
     pub fn requeue_on_error(mut self, requeue: bool) -> Self {
         self.requeue_on_error = requeue;
+        self
+    }
+
+    /// Runs the handler again when its worker fails (a handler error or a panic; a
+    /// payload that does not decode is still rejected at once): at most `retry.max`
+    /// times after the first attempt, `retry.backoff` apart.
+    ///
+    /// Each retry republishes the event, with publisher confirms, to a retry queue of
+    /// the handler queue, `<queue>.retry.<delay>ms` (one per distinct delay, durable as
+    /// the handler queue, declared with `x-message-ttl` = the delay and
+    /// `x-dead-letter-exchange = ""`, `x-dead-letter-routing-key` = the handler queue),
+    /// with the same body, properties and headers plus
+    /// [`RETRY_ATTEMPT_HEADER`](super::RETRY_ATTEMPT_HEADER); the original is
+    /// acknowledged only after the confirm, and requeued when the republish fails.
+    /// When the delay is over the broker moves the event back to the handler queue,
+    /// whichever instance — Rust or Python — consumes it. The handler queue's own
+    /// declare is unchanged, so Python instances can share it.
+    ///
+    /// After the last attempt the event goes to the [`dead_letter`](Self::dead_letter)
+    /// exchange, or without one is logged at ERROR and dropped. Not with
+    /// [`requeue_on_error`](Self::requeue_on_error) (a setup error).
+    #[must_use]
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Where an event goes after its last attempt failed (the first, without
+    /// [`retry`](Self::retry)): a confirmed publish to `exchange`, declared as a
+    /// durable topic exchange, with the event type as routing key, the event's body,
+    /// properties and headers, plus [`ERROR_TYPE_HEADER`](super::ERROR_TYPE_HEADER),
+    /// [`ERROR_MESSAGE_HEADER`](super::ERROR_MESSAGE_HEADER),
+    /// [`ATTEMPTS_HEADER`](super::ATTEMPTS_HEADER) and
+    /// [`QUEUE_HEADER`](super::QUEUE_HEADER). Bind a queue to it to keep them: an
+    /// event nothing is bound for is logged and dropped. When the publish fails the
+    /// event is requeued (and its handler runs once more). Not with
+    /// [`requeue_on_error`](Self::requeue_on_error) (a setup error).
+    #[must_use]
+    pub fn dead_letter(mut self, exchange: impl Into<String>) -> Self {
+        self.dead_letter = Some(exchange.into());
+        self
+    }
+
+    /// Runs at most `max_workers` workers of this handler at once (at least 1), within
+    /// the container's `max_workers`; its queue's prefetch is the lower of the two, so
+    /// no more events wait in this instance than it can handle at once.
+    #[must_use]
+    pub fn max_workers(mut self, max_workers: usize) -> Self {
+        self.max_workers = Some(max_workers);
         self
     }
 
@@ -182,6 +246,9 @@ impl<Req, Resp> fmt::Debug for EventHandler<Req, Resp> {
             .field("reliable_delivery", &self.reliable_delivery)
             .field("broadcast_identifier", &self.broadcast_identifier)
             .field("requeue_on_error", &self.requeue_on_error)
+            .field("retry", &self.retry)
+            .field("dead_letter", &self.dead_letter)
+            .field("max_workers", &self.max_workers)
             .finish_non_exhaustive()
     }
 }
@@ -195,13 +262,35 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> Extension for
             .ok_or_else(|| SetupError::new("not bound"))?;
         let queue = self.queue(cx.service_name(), method)?;
         let queue_name = queue.name.clone();
+        let place = format!(
+            "service `{}`: event handler `{method}` (`{}` events of `{}`)",
+            cx.service_name(),
+            self.event_type,
+            self.source
+        );
+        if self.requeue_on_error && (self.retry.is_some() || self.dead_letter.is_some()) {
+            return Err(SetupError::new(format!(
+                "{place}: `requeue_on_error` does not go with `retry` or `dead_letter`: requeueing redelivers a \
+                 failed event at once and for ever, retry waits between attempts and stops; choose one"
+            )));
+        }
+        self.on_failure = OnFailure::new(
+            Arc::clone(&broker),
+            queue.clone(),
+            &self.event_type,
+            self.retry,
+            self.dead_letter.clone(),
+            &place,
+        )?
+        .map(Arc::new);
         let exchange = events_exchange_declare(&self.source, cx.config());
         let exchange_name = exchange.name.clone();
         let topology = Topology::new()
             .exchange(exchange)
             .queue(queue)
             .binding(QueueBinding::new(exchange_name, &queue_name, &self.event_type));
-        let prefetch = u16::try_from(cx.config().max_workers()).unwrap_or(u16::MAX);
+        self.max_message_size = cx.config().max_message_size();
+        let prefetch = entrypoint_prefetch(cx);
         let readiness = transport::readiness(cx);
         self.consumer = Some(QueueConsumer::new(
             broker,
@@ -217,9 +306,23 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> Extension for
         let (Some(consumer), Some(binding)) = (&self.consumer, &self.binding) else {
             return Err(SetupError::new("the event handler was not set up"));
         };
-        let handler = Arc::new(Events {
+        if let Some(on_failure) = &self.on_failure {
+            on_failure.declare().await.map_err(|err| {
+                SetupError::with_source(
+                    format!(
+                        "could not declare the retry queues or dead-letter exchange of `{}`",
+                        consumer.queue()
+                    ),
+                    err,
+                )
+            })?;
+        }
+        let handler = Arc::new(JsonDeliveries {
             binding: binding.clone(),
+            payloads: Payloads::Events,
             requeue_on_error: self.requeue_on_error,
+            on_failure: self.on_failure.clone(),
+            max_message_size: self.max_message_size,
         });
         consumer
             .start(handler)
@@ -248,58 +351,8 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> Entrypoint fo
     fn bind(&mut self, binding: Binding<Req, Resp>) {
         self.binding = Some(binding);
     }
-}
 
-struct Events<Req, Resp> {
-    binding: Binding<Req, Resp>,
-    requeue_on_error: bool,
-}
-
-impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> DeliveryHandler for Events<Req, Resp> {
-    fn handle(
-        &self,
-        delivery: Delivery,
-        stopping: CancellationToken,
-        settling: TaskTrackerToken,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let binding = self.binding.clone();
-        let requeue_on_error = self.requeue_on_error;
-        Box::pin(async move {
-            let method = binding.info().method();
-            let decoded = match delivery.properties.content_type.as_deref() {
-                Some("application/json") | None => {
-                    serde_json::from_slice::<Req>(&delivery.body).map_err(|e| e.to_string())
-                }
-                Some(other) => Err(format!("unsupported content type `{other}`")),
-            };
-            let request = match decoded {
-                Ok(request) => request,
-                Err(err) => {
-                    tracing::error!(
-                        service = binding.service_name(),
-                        handler = method,
-                        routing_key = %delivery.routing_key,
-                        "rejecting an event that does not decode: {err}"
-                    );
-                    settle(delivery.reject(false).await, "event");
-                    return;
-                }
-            };
-            let data = context_from_headers(delivery.properties.headers.as_ref());
-            let Some(slot) = reserve_unless_stopped(&binding, &stopping).await else {
-                return settle(delivery.nack(true).await, "event");
-            };
-            // Settled in the worker's own task, once it finished.
-            slot.start_then(request, data, Extensions::new(), move |result| async move {
-                let settled = match result {
-                    Ok(_) => delivery.ack().await,
-                    Err(WorkerError::Killed | WorkerError::NotStarted(_)) => delivery.nack(true).await,
-                    Err(_) if requeue_on_error => delivery.nack(true).await,
-                    Err(_) => delivery.ack().await,
-                };
-                settle(settled, "event");
-                drop(settling);
-            });
-        })
+    fn max_workers(&self) -> Option<usize> {
+        self.max_workers
     }
 }

@@ -13,13 +13,23 @@
 //!
 //! Every queue is durable; `auto_delete` is `!reliable_delivery`; `exclusive` is
 //! `broadcast && !reliable_delivery`.
+//!
+//! A handler may retry failed events after a delay and dead-letter them after the last
+//! attempt ([`EventHandler::retry`], [`EventHandler::dead_letter`]), through retry
+//! queues `<queue>.retry.<delay>ms` beside the handler queue, whose declare stays as
+//! above.
 
 mod dispatcher;
 mod handler;
+pub(crate) mod retry;
 
 pub use self::{
     dispatcher::{DispatchError, DispatchLog, EventDispatcher, EventDispatcherProvider},
     handler::{EventHandler, HandlerType},
+    retry::{
+        ATTEMPTS_HEADER, Backoff, ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER, InvalidBackoff, QUEUE_HEADER,
+        RETRY_ATTEMPT_HEADER, Retry,
+    },
 };
 
 /// The exchange a service's events are published to.

@@ -8,7 +8,7 @@ use std::{
 
 use axum::{
     Json,
-    body::Body,
+    body::{Body, HttpBody},
     extract::{FromRequestParts, Request},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
@@ -62,11 +62,8 @@ impl<S: Send + Sync> FromRequestParts<S> for TraceId {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<TraceId>()
-            .cloned()
-            .unwrap_or_else(|| TraceId::from_headers(&parts.headers)))
+        // Behind the edge, `X-Trace-Id` holds the request's trace id already.
+        Ok(TraceId::from_headers(&parts.headers))
     }
 }
 
@@ -123,8 +120,17 @@ pub(crate) async fn edge<F>(limit: usize, mut request: Request, app: impl FnOnce
 where
     F: Future<Output = Response>,
 {
-    let trace_id = TraceId::from_headers(request.headers());
-    let header = HeaderValue::from_str(&trace_id.0).expect("valid trace ids are valid header values");
+    // The request's trace id, adopted or new, is its `X-Trace-Id` from here on: the
+    // entrypoint and the `TraceId` extractor read it there (cheaper than an extension).
+    let header = match request.headers().get(TRACE_ID_HEADER) {
+        Some(value) if value.to_str().is_ok_and(is_valid_trace_id) => value.clone(),
+        _ => {
+            let trace_id = TraceId::from_headers(request.headers());
+            let value = HeaderValue::from_str(&trace_id.0).expect("valid trace ids are valid header values");
+            request.headers_mut().insert(TRACE_ID_HEADER, value.clone());
+            value
+        }
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -133,8 +139,12 @@ where
     let mut response = if declared.is_some_and(|length| length > limit as u64) {
         too_large(limit)
     } else {
-        request.extensions_mut().insert(trace_id);
-        let request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
+        // A request without a body (most GETs) needs no limit: no boxed wrapper.
+        let request = if HttpBody::is_end_stream(request.body()) {
+            request
+        } else {
+            request.map(|body| Body::new(http_body_util::Limited::new(body, limit)))
+        };
         let response = app(request).await;
         // An extractor that hit the limit answers 413 in plain text: say it in JSON.
         if response.status() == StatusCode::PAYLOAD_TOO_LARGE && response.extensions().get::<FromHandler>().is_none() {
@@ -158,6 +168,8 @@ pub(crate) async fn not_found(request: Request) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -178,6 +190,95 @@ mod tests {
         assert!(is_valid_trace_id(&replaced));
         let long = "a".repeat(129);
         assert_ne!(TraceId::from_headers(&headers(&[("x-trace-id", &long)])).0, long);
+    }
+
+    /// A header value from arbitrary bytes, when HTTP allows them.
+    fn header_value() -> impl Strategy<Value = Option<HeaderValue>> {
+        prop_oneof![
+            "[A-Za-z0-9._-]{1,140}".prop_map(|s| HeaderValue::from_str(&s).ok()),
+            "00-[A-Za-z0-9._ -]{0,40}-[0-9a-f]{16}-01".prop_map(|s| HeaderValue::from_str(&s).ok()),
+            prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| HeaderValue::from_bytes(&b).ok()),
+        ]
+    }
+
+    /// A `Content-Length` to declare: none, garbage, or a number.
+    fn declared() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("true".to_owned())),
+            Just(Some("garbage".to_owned())),
+            (0u64..1000).prop_map(|n| Some(n.to_string())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any trace id headers, any body, any declared length (true, false, garbage or
+        /// none) through the real edge: never a panic; the response carries a valid
+        /// `X-Trace-Id`, the incoming one exactly when it is valid; a body over the limit
+        /// is a JSON 413 and never reaches the app whole, any other is read whole.
+        #[test]
+        fn the_edge_takes_any_trace_id_and_body(
+            trace_id in header_value(),
+            traceparent in header_value(),
+            body in prop::collection::vec(any::<u8>(), 0..600),
+            declared in declared(),
+        ) {
+            const LIMIT: usize = 256;
+            let mut request = Request::new(Body::from(body.clone()));
+            if let Some(value) = &trace_id {
+                request.headers_mut().insert(TRACE_ID_HEADER, value.clone());
+            }
+            if let Some(value) = &traceparent {
+                request.headers_mut().insert("traceparent", value.clone());
+            }
+            // A lying Content-Length is refused by hyper before the edge; here only the
+            // true one is declared, and the garbage ones.
+            if declared.as_deref().and_then(|d| d.parse::<u64>().ok()).is_some_and(|n| n != body.len() as u64) {
+                return Ok(());
+            }
+            if let Some(declared) = &declared {
+                request.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_str(declared).unwrap());
+            }
+            let expected_id = adopted_trace_id(request.headers()).map(str::to_owned);
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (response, seen) = runtime.block_on(async {
+                let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+                let app_seen = std::sync::Arc::clone(&seen);
+                let response = edge(LIMIT, request, |request: Request| async move {
+                    match axum::body::to_bytes(request.into_body(), usize::MAX).await {
+                        Ok(bytes) => {
+                            *app_seen.lock().unwrap() = Some(bytes.len());
+                            StatusCode::OK.into_response()
+                        }
+                        Err(_) => StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+                    }
+                })
+                .await;
+                let seen = *seen.lock().unwrap();
+                (response, seen)
+            });
+            let sent_id = response.headers().get(TRACE_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+            prop_assert!(is_valid_trace_id(sent_id));
+            if let Some(expected) = &expected_id {
+                prop_assert_eq!(sent_id, expected.as_str());
+            }
+            if let Some(Ok(id)) = trace_id.as_ref().map(HeaderValue::to_str) {
+                prop_assert_eq!(is_valid_trace_id(id), sent_id == id);
+            }
+            if body.len() > LIMIT {
+                prop_assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+                prop_assert_eq!(
+                    response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                    Some("application/json")
+                );
+                prop_assert_eq!(seen, None);
+            } else {
+                prop_assert_eq!(response.status(), StatusCode::OK);
+                prop_assert_eq!(seen, Some(body.len()));
+            }
+        }
     }
 
     #[test]

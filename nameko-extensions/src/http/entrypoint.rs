@@ -4,7 +4,7 @@ use std::{fmt, future::Future, marker::PhantomData, sync::Arc};
 
 use axum::{
     extract::{FromRequest, FromRequestParts, Request},
-    http::Method,
+    http::{Method, StatusCode},
     response::{IntoResponse, Response},
 };
 use nameko_core::{
@@ -12,7 +12,7 @@ use nameko_core::{
 };
 
 use super::{
-    edge::{FromHandler, TraceId, worker_error_response},
+    edge::{FromHandler, TRACE_ID_HEADER, worker_error_response},
     server::{RouteGroup, RouteHandler, WebServer},
 };
 
@@ -87,7 +87,7 @@ from_http_request_tuples! {
 /// a worker, with injection and hooks; the handler returns a [`Response`] (the macro
 /// converts any `IntoResponse`), or an error written as
 /// `{"error": exc_type, "message": ...}` with the error's status (default 500). The
-/// request's [`TraceId`] becomes the worker's trace id. A client that disconnects never
+/// request's [`TraceId`](super::TraceId) becomes the worker's trace id. A client that disconnects never
 /// cancels the worker.
 ///
 /// By hand (the `#[http]` attribute writes the same):
@@ -122,6 +122,7 @@ from_http_request_tuples! {
 /// ```
 pub struct HttpEntrypoint<Args, M = ()> {
     routes: Vec<(String, String)>,
+    max_workers: Option<usize>,
     binding: Option<Binding<Args, Response>>,
     group: Option<RouteGroup>,
     _marker: PhantomData<fn() -> (Args, M)>,
@@ -133,6 +134,7 @@ impl<Args, M> HttpEntrypoint<Args, M> {
     pub fn new(methods: &str, path: &str) -> Self {
         Self {
             routes: vec![(methods.to_owned(), path.to_owned())],
+            max_workers: None,
             binding: None,
             group: None,
             _marker: PhantomData,
@@ -145,12 +147,23 @@ impl<Args, M> HttpEntrypoint<Args, M> {
         self.routes.push((methods.to_owned(), path.to_owned()));
         self
     }
+
+    /// Runs at most `max_workers` workers of this method at once (at least 1), within
+    /// the container's `max_workers`: a slow handler flooded with requests keeps the
+    /// container's other slots free for the service's other entrypoints. Requests
+    /// beyond the limit wait, after extraction, holding no worker slot.
+    #[must_use]
+    pub fn max_workers(mut self, max_workers: usize) -> Self {
+        self.max_workers = Some(max_workers);
+        self
+    }
 }
 
 impl<Args, M> fmt::Debug for HttpEntrypoint<Args, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEntrypoint")
             .field("routes", &self.routes)
+            .field("max_workers", &self.max_workers)
             .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
@@ -179,7 +192,12 @@ async fn serve<Args, M>(binding: Binding<Args, Response>, request: Request) -> R
 where
     Args: FromHttpRequest<M>,
 {
-    let trace_id = request.extensions().get::<TraceId>().map(|t| t.0.clone());
+    // The edge put the request's trace id (adopted or new) in `X-Trace-Id`.
+    let trace_id = request
+        .headers()
+        .get(TRACE_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     // Extracted before a worker slot is taken: a slow body or a bad request never holds one.
     let args = match Args::from_http_request(request).await {
         Ok(args) => args,
@@ -199,7 +217,10 @@ where
         Ok(response) => response,
         Err(err) => worker_error_response(&err),
     };
-    response.extensions_mut().insert(FromHandler);
+    // Only a 413 needs telling apart from the edge's own (an extension costs a map).
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response.extensions_mut().insert(FromHandler);
+    }
     response
 }
 
@@ -259,6 +280,10 @@ where
 
     fn bind(&mut self, binding: Binding<Args, Response>) {
         self.binding = Some(binding);
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        self.max_workers
     }
 }
 

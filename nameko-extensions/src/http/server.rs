@@ -22,7 +22,7 @@ use axum::{
 use nameko_core::{Readiness, ReadinessPart, SetupContext, SetupError};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tower::Service;
+use tower::{Layer, Service};
 
 use super::edge::{self, DEFAULT_MAX_BODY_SIZE, Limit};
 use crate::transport;
@@ -470,7 +470,7 @@ fn compose(custom: &Custom, entries: &[&Entry]) -> Router {
     for map in &custom.maps {
         app = map(app);
     }
-    app.layer(DefaultBodyLimit::disable())
+    app
 }
 
 /// What the server serves: the edge (trace id, body limit) around the current app.
@@ -489,7 +489,10 @@ impl Service<Request> for Edge {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let mut app = self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // The edge limits bodies itself: axum's own default limit is off. Around the
+        // whole app, not per route (`Router::layer` would box every route once more).
+        let app = self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut app = DefaultBodyLimit::disable().layer(app);
         let limit = self.inner.limit.get();
         Box::pin(async move {
             Ok(edge::edge(limit, request, |request| async move {

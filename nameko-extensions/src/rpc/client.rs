@@ -53,7 +53,8 @@ impl Replies {
 }
 
 /// Follows the connection: fails waiting calls when it is lost, and checks the reply
-/// queue is there (declaring it again) when it recovers.
+/// queue is there (declaring it again) when it recovers — warning when the outage
+/// outlasted the queue's `x-expires`, so the broker deleted it meanwhile.
 async fn watch_connection(
     broker: std::sync::Weak<dyn crate::broker::Broker>,
     mut events: tokio::sync::broadcast::Receiver<ConnectionEvent>,
@@ -61,6 +62,7 @@ async fn watch_connection(
     topology: Topology,
     stopped: CancellationToken,
 ) {
+    let mut lost_at = None;
     loop {
         let event = tokio::select! {
             () = stopped.cancelled() => return,
@@ -68,18 +70,41 @@ async fn watch_connection(
         };
         match event {
             Ok(ConnectionEvent::Lost { reason }) => match replies.upgrade() {
-                Some(replies) => replies.fail_pending(&reason),
+                Some(replies) => {
+                    lost_at.get_or_insert_with(tokio::time::Instant::now);
+                    replies.fail_pending(&reason);
+                }
                 None => return,
             },
             Ok(ConnectionEvent::Recovered) => {
                 let Some(broker) = broker.upgrade() else {
                     return;
                 };
-                // The broker declared the reply queue again with its consumer (it may
-                // have expired during the outage); this checks it is there.
+                let outage = lost_at.take().map(|at: tokio::time::Instant| at.elapsed());
+                let queue = topology.queues.first();
+                let expires = queue.and_then(Queue::expires_after);
+                let queue = queue.map_or("", |q| q.name.as_str());
+                if let (Some(outage), Some(expires)) = (outage, expires)
+                    && outage >= expires
+                {
+                    // The broker deleted the queue `expires` after its consumer went; the
+                    // connection's recovery declared it again. Calls waiting then have
+                    // failed already (`ConnectionLost`); replies sent meanwhile are gone.
+                    tracing::warn!(
+                        queue,
+                        ?outage,
+                        ?expires,
+                        "the reply queue expired during the outage and was declared again: \
+                         replies sent to it while the connection was down are lost"
+                    );
+                }
+                // The broker declared the reply queue again with its consumer; this
+                // checks it and its binding are there.
                 match broker.declare(&topology).await {
-                    Ok(()) => tracing::debug!("the reply queue is there after the connection recovered"),
-                    Err(err) => tracing::warn!(%err, "could not check the reply queue after the connection recovered"),
+                    Ok(()) => tracing::debug!(queue, "the reply queue is there after the connection recovered"),
+                    Err(err) => {
+                        tracing::warn!(queue, %err, "could not check the reply queue after the connection recovered");
+                    }
                 }
             }
             Ok(_) | Err(RecvError::Lagged(_)) => {}
@@ -281,7 +306,23 @@ impl RpcClient {
             properties,
             body: Bytes::from(args.to_body()),
         };
-        match self.inner.broker.publish(message).await {
+        // The publish waits for the broker's confirm: bounded by the call's deadline too,
+        // so a stalled connection (packets held, not yet known lost) cannot outlast it.
+        // A request confirmed later expires unrun in the queue (`expiration`).
+        let published = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, self.inner.broker.publish(message)).await {
+                Ok(published) => published,
+                Err(_) => {
+                    forget();
+                    return Err(RpcError::Timeout {
+                        target: format!("{service}.{method}"),
+                        after: timeout.unwrap_or_default(),
+                    });
+                }
+            },
+            None => self.inner.broker.publish(message).await,
+        };
+        match published {
             Ok(PublishOutcome::Routed) => {}
             Ok(PublishOutcome::Returned { .. }) => {
                 forget();

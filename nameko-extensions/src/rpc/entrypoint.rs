@@ -27,6 +27,7 @@ use crate::{
     },
     consumer::{DeliveryHandler, QueueConsumer, settle},
     context::context_from_headers,
+    inbound,
     slot::reserve_unless_stopped,
     transport,
 };
@@ -120,9 +121,13 @@ pub(super) struct RpcConsumer {
     consumer: Arc<QueueConsumer>,
     started: tokio::sync::OnceCell<()>,
     registered: Mutex<usize>,
+    /// Whether some method has a `max_workers` of its own (see [`RpcConsumer::start`]).
+    limited: std::sync::atomic::AtomicBool,
     /// The answer of the built-in introspection RPC
     /// ([`INSPECT_METHOD`](nameko_core::describe::INSPECT_METHOD)).
     description: Value,
+    /// `MAX_MESSAGE_SIZE`: larger requests are answered with an error, never decoded.
+    max_message_size: usize,
 }
 
 impl RpcConsumer {
@@ -133,6 +138,7 @@ impl RpcConsumer {
         prefetch: u16,
         readiness: Option<&nameko_core::Readiness>,
         description: Value,
+        max_message_size: usize,
     ) -> Self {
         let queue = rpc_queue(service);
         let topology = Topology::new()
@@ -148,11 +154,16 @@ impl RpcConsumer {
             consumer,
             started: tokio::sync::OnceCell::new(),
             registered: Mutex::new(0),
+            limited: std::sync::atomic::AtomicBool::new(false),
             description,
+            max_message_size,
         }
     }
 
-    fn register(&self, method: &'static str, handler: Arc<dyn RpcMethod>) {
+    fn register(&self, method: &'static str, handler: Arc<dyn RpcMethod>, limited: bool) {
+        if limited {
+            self.limited.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.methods
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -160,9 +171,24 @@ impl RpcConsumer {
         *self.registered.lock().unwrap_or_else(|p| p.into_inner()) += 1;
     }
 
+    /// Consumes, once every entrypoint of the service registered (the container sets
+    /// them all up before starting any).
+    ///
+    /// The prefetch is the container's `max_workers`, as Nameko's — unless a method has
+    /// a `max_workers` of its own: then it is unlimited. All of a service's methods share
+    /// one queue, in order: requests for a method at its limit wait in this instance,
+    /// and with any finite prefetch enough of them would fill the window, so requests
+    /// for the other methods (a nested call back into this service among them) could
+    /// never be delivered while they wait: a deadlock when the limited method's workers
+    /// wait for such a call. Unlimited, every request is delivered; those for a method at
+    /// its limit wait for its permits (holding no worker slot), the others run in the
+    /// container's free slots.
     async fn start(self: &Arc<Self>) -> Result<(), SetupError> {
         self.started
             .get_or_try_init(|| async {
+                if self.limited.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.consumer.set_prefetch(0);
+                }
                 let handler = Arc::new(Requests {
                     consumer: Arc::clone(self),
                 });
@@ -227,7 +253,21 @@ impl RpcConsumer {
             .and_then(|rest| rest.strip_prefix('.'));
         let inspect = method == Some(INSPECT_METHOD);
         let reply_to = delivery.properties.reply_to.clone().filter(|r| !r.is_empty());
-        let checked = check_request(&delivery).and_then(|args| {
+        // Refused before anything is decoded (a body over `MAX_MESSAGE_SIZE`, dropped
+        // headers): answered with the refusal, never run.
+        let refused = inbound::check(&delivery, self.max_message_size).err();
+        if let Some(refusal) = &refused {
+            tracing::warn!(
+                routing_key = %delivery.routing_key,
+                reply = reply_to.is_some(),
+                "refusing an RPC request: {refusal}"
+            );
+        }
+        let checked = match &refused {
+            Some(refusal) => Err(refusal.to_remote_error()),
+            None => check_request(&delivery),
+        };
+        let checked = checked.and_then(|args| {
             let name = method.unwrap_or(delivery.routing_key.as_str());
             let handler = method
                 .and_then(|m| self.method(m))
@@ -235,10 +275,12 @@ impl RpcConsumer {
             Ok((handler, args))
         });
         let Some(reply_to) = reply_to else {
-            tracing::warn!(
-                routing_key = %delivery.routing_key,
-                "rejecting an RPC request without `reply_to`: nobody could read its reply"
-            );
+            if refused.is_none() {
+                tracing::warn!(
+                    routing_key = %delivery.routing_key,
+                    "rejecting an RPC request without `reply_to`: nobody could read its reply"
+                );
+            }
             settle(delivery.reject(false).await, "message");
             return;
         };
@@ -249,7 +291,7 @@ impl RpcConsumer {
             _settling: settling,
         };
         // The built-in introspection RPC: answered here, without a worker.
-        if inspect && checked.is_err() {
+        if inspect && refused.is_none() && checked.is_err() {
             let body = match check_request(&pending.delivery) {
                 Ok(_) => reply_body(Ok(&pending.consumer.description)),
                 Err(err) => reply_body::<()>(Err(err)),
@@ -263,7 +305,9 @@ impl RpcConsumer {
                 handler.handle(args, data, stopping, pending).await;
             }
             Err(err) => {
-                tracing::warn!(routing_key = %pending.delivery.routing_key, error = %err, "bad RPC request");
+                if refused.is_none() {
+                    tracing::warn!(routing_key = %pending.delivery.routing_key, error = %err, "bad RPC request");
+                }
                 pending.finish(Handled::Reply(reply_body::<()>(Err(err)))).await;
             }
         }
@@ -331,8 +375,15 @@ impl DeliveryHandler for Requests {
 /// `Req` is what the method takes — decoded from `{"args", "kwargs"}` with
 /// [`FromRpcArgs`] before a worker slot is taken — and `Resp` what it returns,
 /// serialized as the reply's `result`. Every RPC entrypoint of a service shares one
-/// consumer on `rpc-<service>`, with prefetch `max_workers`.
+/// consumer on `rpc-<service>`, with prefetch `max_workers` — unlimited when a method
+/// has a [`max_workers`](Self::max_workers) of its own (see there).
+///
+/// A request is checked with [`inbound::check`](crate::inbound::check) before it is
+/// decoded: one whose body is larger than `MAX_MESSAGE_SIZE` (default 8 MiB) is answered
+/// with a `MessageTooLarge` error and acknowledged (rejected without requeue when it has
+/// no `reply_to`); it never runs.
 pub struct RpcEntrypoint<Req, Resp> {
+    max_workers: Option<usize>,
     binding: Option<Binding<Req, Resp>>,
     consumer: Option<Arc<RpcConsumer>>,
     _marker: PhantomData<fn(Req) -> Resp>,
@@ -342,10 +393,32 @@ impl<Req, Resp> RpcEntrypoint<Req, Resp> {
     /// An RPC entrypoint.
     pub const fn new() -> Self {
         Self {
+            max_workers: None,
             binding: None,
             consumer: None,
             _marker: PhantomData,
         }
+    }
+
+    /// Runs at most `max_workers` workers of this method at once (at least 1), within
+    /// the container's `max_workers`. Requests beyond it wait, holding no worker slot,
+    /// so the service's other methods keep the container's free slots.
+    ///
+    /// All of a service's methods share the queue `rpc-<service>`; when any of them has
+    /// a limit of its own, the service consumes it with no prefetch limit, so that
+    /// requests waiting for one method's limit never keep the others' requests (a
+    /// nested call back into the service among them) from being delivered. Requests
+    /// then wait in the instance that received them rather than in the queue.
+    ///
+    /// ```
+    /// use nameko_extensions::rpc::RpcEntrypoint;
+    ///
+    /// let report = RpcEntrypoint::<(), String>::new().max_workers(2);
+    /// ```
+    #[must_use]
+    pub const fn max_workers(mut self, max_workers: usize) -> Self {
+        self.max_workers = Some(max_workers);
+        self
     }
 }
 
@@ -358,6 +431,7 @@ impl<Req, Resp> Default for RpcEntrypoint<Req, Resp> {
 impl<Req, Resp> fmt::Debug for RpcEntrypoint<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcEntrypoint")
+            .field("max_workers", &self.max_workers)
             .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
@@ -390,13 +464,23 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for RpcEntryp
         }
         let exchange = cx.config().rpc_exchange().to_owned();
         let prefetch = u16::try_from(cx.config().max_workers()).unwrap_or(u16::MAX);
+        let max_message_size = cx.config().max_message_size();
         let readiness = transport::readiness(cx);
         let consumer = cx.shared().get_or_insert_with(&format!("rpc-consumer/{service}"), || {
             // Built once, with the consumer every RPC entrypoint of the service shares.
             let description = serde_json::to_value(cx.service_description()).unwrap_or(Value::Null);
-            RpcConsumer::new(service, broker, exchange, prefetch, readiness.as_ref(), description)
+            RpcConsumer::new(
+                service,
+                broker,
+                exchange,
+                prefetch,
+                readiness.as_ref(),
+                description,
+                max_message_size,
+            )
         });
-        consumer.register(method, Arc::new(Method { binding }));
+        let limited = binding.info().max_workers().is_some();
+        consumer.register(method, Arc::new(Method { binding }), limited);
         self.consumer = Some(consumer);
         Ok(())
     }
@@ -428,6 +512,10 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Entrypoint for RpcEntry
 
     fn bind(&mut self, binding: Binding<Req, Resp>) {
         self.binding = Some(binding);
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        self.max_workers
     }
 }
 

@@ -137,7 +137,7 @@ impl ClusterRpc {
                 // (Nameko's standalone proxy sends `standalone_rpc_proxy.call.<uuid>`).
                 let mut data = self.data.clone();
                 if data.trace_id().is_none() {
-                    data.insert(TRACE_ID_KEY, nameko_core::ids::uuid4().simple().to_string());
+                    data.insert(TRACE_ID_KEY, nameko_core::ids::uuid4_simple());
                 }
                 let call_id = format!("standalone_rpc_proxy.call.{}", nameko_core::ids::uuid4());
                 data.insert(CALL_ID_STACK_KEY, vec![call_id]);

@@ -30,6 +30,11 @@ impl InvalidInterval {
     pub fn input(&self) -> &str {
         &self.input
     }
+
+    /// What is wrong with it, e.g. `unknown unit`.
+    pub fn reason(&self) -> &str {
+        self.reason
+    }
 }
 
 /// Parses an interval as `#[timer(interval = ...)]` takes it: a number of seconds as

@@ -200,6 +200,7 @@ pub struct TimerEntrypoint {
     #[cfg(feature = "cron")]
     tz: Option<String>,
     cluster_singleton: bool,
+    max_workers: Option<usize>,
     manual: bool,
     plan: Option<Plan>,
     binding: Option<Binding<(), ()>>,
@@ -216,6 +217,7 @@ impl TimerEntrypoint {
             #[cfg(feature = "cron")]
             tz: None,
             cluster_singleton: false,
+            max_workers: None,
             manual: false,
             plan: None,
             binding: None,
@@ -291,6 +293,17 @@ impl TimerEntrypoint {
         self
     }
 
+    /// Runs at most `max_workers` ticks of this timer at once (at least 1). A schedule
+    /// never overlaps its own ticks, so this only bounds ticks fired by hand beside
+    /// it (`ServiceHarness::fire_timer`, [`ServiceContainer::call`](nameko_core::ServiceContainer::call)):
+    /// with 1, such a tick waits for a scheduled one to end. Ticks also take a slot of
+    /// the container's `max_workers`.
+    #[must_use]
+    pub fn max_workers(mut self, max_workers: usize) -> Self {
+        self.max_workers = Some(max_workers);
+        self
+    }
+
     fn plan(&self, service: &str, method: &str) -> Result<Plan, SetupError> {
         let place = format!("service `{service}`: timer `{method}`");
         let interval = |period: Duration| {
@@ -345,6 +358,7 @@ impl fmt::Debug for TimerEntrypoint {
         #[cfg(feature = "cron")]
         d.field("tz", &self.tz);
         d.field("cluster_singleton", &self.cluster_singleton)
+            .field("max_workers", &self.max_workers)
             .finish_non_exhaustive()
     }
 }
@@ -419,5 +433,9 @@ impl Entrypoint for TimerEntrypoint {
 
     fn bind(&mut self, binding: Binding<(), ()>) {
         self.binding = Some(binding);
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        self.max_workers
     }
 }

@@ -63,6 +63,7 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> WsMethod for Method<Req
 /// names are unique per runner: a second service registering the same name fails
 /// to start, naming both.
 pub struct WsRpcEntrypoint<Req, Resp> {
+    max_workers: Option<usize>,
     binding: Option<Binding<Req, Resp>>,
     server: Option<WsServer>,
     route: Option<Arc<RouteGroup>>,
@@ -73,11 +74,21 @@ impl<Req, Resp> WsRpcEntrypoint<Req, Resp> {
     /// A websocket RPC entrypoint.
     pub const fn new() -> Self {
         Self {
+            max_workers: None,
             binding: None,
             server: None,
             route: None,
             _marker: PhantomData,
         }
+    }
+
+    /// Runs at most `max_workers` workers of this method at once (at least 1), within
+    /// the container's `max_workers`. A socket reads one call at a time, so the limit
+    /// counts calls from different sockets.
+    #[must_use]
+    pub const fn max_workers(mut self, max_workers: usize) -> Self {
+        self.max_workers = Some(max_workers);
+        self
     }
 }
 
@@ -90,6 +101,7 @@ impl<Req, Resp> Default for WsRpcEntrypoint<Req, Resp> {
 impl<Req, Resp> fmt::Debug for WsRpcEntrypoint<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WsRpcEntrypoint")
+            .field("max_workers", &self.max_workers)
             .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
@@ -155,5 +167,9 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Entrypoint for WsRpcEnt
 
     fn bind(&mut self, binding: Binding<Req, Resp>) {
         self.binding = Some(binding);
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        self.max_workers
     }
 }

@@ -113,9 +113,41 @@ pub(crate) fn result(outcome: &Result<Value, RemoteError>, correlation_id: &Valu
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
+
+    /// Frames: random bytes, deep nesting, JSON objects of right and wrong shapes.
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            (1usize..50_000).prop_map(|depth| "[".repeat(depth).into_bytes()),
+            (1usize..300).prop_map(|depth| {
+                format!(
+                    r#"{{"method": "m", "data": {{"a": {}{}}}}}"#,
+                    "[".repeat(depth),
+                    "]".repeat(depth)
+                )
+                .into_bytes()
+            }),
+            (".{0,10}", any::<u8>(), any::<i64>()).prop_map(|(method, kind, n)| {
+                let data = match kind % 5 {
+                    0 => json!({"x": n}),
+                    1 => json!([n]),
+                    2 => json!(null),
+                    3 => json!("s"),
+                    _ => json!(n),
+                };
+                let frame = match kind % 3 {
+                    0 => json!({"method": method, "data": data, "correlation_id": n}),
+                    1 => json!({"method": n, "data": data}),
+                    _ => json!({"data": data, "correlation_id": method}),
+                };
+                serde_json::to_vec(&frame).unwrap()
+            }),
+        ]
+    }
 
     #[test]
     fn requests() {
@@ -141,6 +173,45 @@ mod tests {
         assert_eq!(err.value(), "`data` must be a JSON object of keyword arguments");
         let (err, _) = *WsRequest::parse(b"[1]").unwrap_err();
         assert_eq!(err.exc_type(), "MalformedRequest");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any frame — random bytes, deep nesting, JSON of any shape — parses to a call
+        /// or to `MalformedRequest`, never a panic; a call only from an object with a
+        /// string `method` and `data` an object, null or absent; the correlation id kept.
+        #[test]
+        fn any_frame_is_a_call_or_malformed_request(frame in frame()) {
+            let value: Option<Value> = serde_json::from_slice(&frame).ok();
+            let callable = value.as_ref().and_then(Value::as_object).is_some_and(|o| {
+                o.get("method").is_some_and(Value::is_string)
+                    && o.get("data").is_none_or(|d| d.is_null() || d.is_object())
+            });
+            match WsRequest::parse(&frame) {
+                Ok(request) => {
+                    prop_assert!(callable);
+                    let object = value.as_ref().and_then(Value::as_object).unwrap();
+                    prop_assert_eq!(Some(&Value::String(request.method)), object.get("method"));
+                    prop_assert_eq!(&request.correlation_id, object.get("correlation_id").unwrap_or(&Value::Null));
+                }
+                Err(refused) => {
+                    let (error, correlation_id) = *refused;
+                    prop_assert!(!callable);
+                    prop_assert_eq!(error.exc_type(), "MalformedRequest");
+                    let expected = value
+                        .as_ref()
+                        .and_then(Value::as_object)
+                        .and_then(|o| o.get("correlation_id"))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    prop_assert_eq!(correlation_id, expected);
+                    // The result frame for it serializes.
+                    let prefix = r#"{"type":"result","success":false"#;
+                    prop_assert!(result(&Err(error), &Value::Null).starts_with(prefix));
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,9 +5,13 @@ mod proxy;
 mod support;
 
 mod conformance;
+mod delivery;
 mod events;
 mod golden;
+mod hostile;
+mod messaging;
 mod recovery;
+mod retry;
 mod rpc;
 mod timer;
 #[cfg(feature = "amqp-tls")]

@@ -151,6 +151,84 @@ async fn memory_readiness_and_calls_follow_the_connection() {
     .await;
 }
 
+/// Log lines, captured.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An outage longer than the reply queue's `x-expires`: the broker deletes the queue
+/// meanwhile; the client says so when the connection recovers, the queue is declared
+/// again with its binding, and calls get their replies again.
+#[tokio::test(start_paused = true)]
+async fn memory_a_reply_queue_expired_in_a_long_outage_is_reported_and_declared_again() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let memory = MemoryBroker::new();
+    let seen = Arc::new(Seen::default());
+    let running = ServiceRunner::new(Config::default())
+        .resource::<dyn Broker>(memory.shared())
+        .resource(Arc::clone(&seen))
+        .with_service::<Starter>()
+        .start()
+        .await
+        .expect("the service starts");
+    let connection = memory.connect();
+    let client = RpcClient::start(Arc::new(connection.clone()), "nameko-rpc", "expiry_test", Some(SOON))
+        .await
+        .expect("a client");
+    let ping = || {
+        let client = client.clone();
+        async move {
+            client
+                .call(Starter::NAME, "ping", RpcArgs::positional([]), &edge_context(), None)
+                .await
+        }
+    };
+    assert_eq!(ping().await.expect("ping"), json!("pong"));
+    let reply_queue_exists = || {
+        memory
+            .list_queues()
+            .iter()
+            .any(|q| q.queue.name == client.reply_queue())
+    };
+
+    connection.sever();
+    tokio::time::sleep(nameko_extensions::rpc::REPLY_QUEUE_EXPIRES + Duration::from_secs(1)).await;
+    assert!(!reply_queue_exists(), "the reply queue expired during the outage");
+    connection.reconnect().expect("reconnects");
+    assert_eq!(
+        soon("a call after recovery", ping()).await.expect("ping"),
+        json!("pong")
+    );
+    assert!(reply_queue_exists());
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warning = logs
+        .lines()
+        .find(|line| line.contains("the reply queue expired during the outage"))
+        .unwrap_or_else(|| panic!("the expiry is reported: {logs}"));
+    assert!(warning.contains(client.reply_queue()), "{warning}");
+
+    client.stop().await;
+    running.stop().await;
+}
+
 #[cfg(feature = "amqp")]
 mod rabbitmq {
     use std::sync::Arc;

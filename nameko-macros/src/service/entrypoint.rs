@@ -5,7 +5,7 @@
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote, quote_spanned};
 use syn::{
-    Attribute, Expr, LitBool, LitStr, Meta, Path, Token,
+    Attribute, Expr, Ident, LitBool, LitInt, LitStr, Meta, Path, Token,
     parse::{ParseStream, Parser},
     spanned::Spanned,
 };
@@ -31,17 +31,32 @@ pub(crate) enum EntrypointAttr {
     /// `#[http("GET", "/path/{param}")]`; repeated attributes on one method fold into
     /// one entrypoint serving every route.
     Http(HttpAttr),
+    /// `#[consume(queue = "...", ...)]`.
+    Consume(ConsumeAttr),
 }
 
 pub(crate) struct HttpAttr {
     attr: Attribute,
     /// `(methods, path)`, one per attribute.
     routes: Vec<(LitStr, LitStr)>,
+    max_workers: Option<LitInt>,
 }
 
 pub(crate) struct RpcAttr {
     attr: Attribute,
     name: Option<LitStr>,
+    max_workers: Option<LitInt>,
+}
+
+pub(crate) struct ConsumeAttr {
+    attr: Attribute,
+    queue: LitStr,
+    /// The exchange's name, and its kind's variant (`ExchangeKind::Direct` unless told).
+    exchange: Option<(LitStr, &'static str)>,
+    routing_key: Option<LitStr>,
+    durable: Option<LitBool>,
+    requeue_on_error: Option<LitBool>,
+    max_workers: Option<LitInt>,
 }
 
 pub(crate) struct EventHandlerAttr {
@@ -52,6 +67,17 @@ pub(crate) struct EventHandlerAttr {
     reliable_delivery: Option<LitBool>,
     broadcast_identifier: Option<LitStr>,
     requeue_on_error: Option<LitBool>,
+    retry: Option<RetryAttr>,
+    dead_letter: Option<LitStr>,
+    max_workers: Option<LitInt>,
+}
+
+/// `retry(max = 5, backoff = "1s..30s")`, checked: the backoff in nanoseconds.
+struct RetryAttr {
+    key: Ident,
+    max: u32,
+    first_nanos: u64,
+    cap_nanos: u64,
 }
 
 pub(crate) struct CustomAttr {
@@ -59,7 +85,15 @@ pub(crate) struct CustomAttr {
     entrypoint: Expr,
 }
 
-const NAMES: &[&str] = &["rpc", "event_handler", "entrypoint", "timer", "http", "ws_rpc"];
+const NAMES: &[&str] = &[
+    "rpc",
+    "event_handler",
+    "entrypoint",
+    "timer",
+    "http",
+    "ws_rpc",
+    "consume",
+];
 
 /// Reads and strips the entrypoint attributes from `attrs`.
 pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr> {
@@ -74,6 +108,7 @@ pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr>
             "event_handler" => event_handler(attr).map(EntrypointAttr::EventHandler),
             "timer" => super::timer::parse(attr).map(EntrypointAttr::Timer),
             "http" => http(attr).map(EntrypointAttr::Http),
+            "consume" => consume(attr).map(EntrypointAttr::Consume),
             _ => custom(attr).map(EntrypointAttr::Custom),
         };
         if let Some(parsed) = cx.ok(parsed) {
@@ -82,6 +117,17 @@ pub(crate) fn take(cx: &Ctxt, attrs: &mut Vec<Attribute>) -> Vec<EntrypointAttr>
                 && let Some(EntrypointAttr::Http(first)) = out.iter_mut().find(|a| matches!(a, EntrypointAttr::Http(_)))
             {
                 first.routes.extend(new.routes.iter().cloned());
+                if let Some(limit) = &new.max_workers {
+                    if first.max_workers.is_some() {
+                        cx.error_spanned_by(
+                            limit,
+                            "`max_workers` is given twice: the #[http] attributes of one method are one entrypoint; \
+                             give it on one of them",
+                        );
+                    } else {
+                        first.max_workers = Some(limit.clone());
+                    }
+                }
             } else {
                 out.push(parsed);
             }
@@ -113,15 +159,27 @@ fn http(attr: &Attribute) -> syn::Result<HttpAttr> {
         let methods: LitStr = input.parse()?;
         input.parse::<Token![,]>()?;
         let path: LitStr = input.parse()?;
-        let _ = input.parse::<Option<Token![,]>>()?;
-        if !input.is_empty() {
-            return Err(input.error("#[http] takes two arguments: the methods and the path"));
+        if input.is_empty() {
+            return Ok((methods, path, Vec::new()));
         }
-        Ok((methods, path))
+        input.parse::<Token![,]>()?;
+        if !input.is_empty() && !input.peek(Ident) {
+            return Err(input.error("#[http] takes the methods and the path, then options such as `max_workers = 4`"));
+        }
+        Ok((methods, path, args::parse_rest(input)?))
     };
-    let (methods, path) = parser
+    let (methods, path, rest) = parser
         .parse2(list.tokens.clone())
         .map_err(|err| syn::Error::new_spanned(attr, format!("{err}: {USAGE}")))?;
+    let mut max_workers = None;
+    let mut seen = Seen::default();
+    for kv in rest {
+        seen.first(&kv)?;
+        match kv.name().as_str() {
+            "max_workers" => max_workers = Some(kv.max_workers()?),
+            _ => return Err(args::unknown_key(&kv, "http", &["max_workers"])),
+        }
+    }
     for method in methods.value().split(',') {
         let method = method.trim();
         if !HTTP_METHODS.iter().any(|m| m.eq_ignore_ascii_case(method)) {
@@ -140,6 +198,7 @@ fn http(attr: &Attribute) -> syn::Result<HttpAttr> {
     Ok(HttpAttr {
         attr: attr.clone(),
         routes: vec![(methods, path)],
+        max_workers,
     })
 }
 
@@ -151,11 +210,12 @@ fn ws_rpc(attr: &Attribute) -> syn::Result<RpcAttr> {
     named(attr, "ws_rpc")
 }
 
-/// `#[kind]` or `#[kind(name = "...")]`.
+/// `#[kind]` or `#[kind(name = "...", max_workers = N)]`.
 fn named(attr: &Attribute, kind: &str) -> syn::Result<RpcAttr> {
     let mut out = RpcAttr {
         attr: attr.clone(),
         name: None,
+        max_workers: None,
     };
     match &attr.meta {
         Meta::Path(_) => {}
@@ -165,7 +225,8 @@ fn named(attr: &Attribute, kind: &str) -> syn::Result<RpcAttr> {
                 seen.first(&kv)?;
                 match kv.name().as_str() {
                     "name" => out.name = Some(kv.str()?),
-                    _ => return Err(args::unknown_key(&kv, kind, &["name"])),
+                    "max_workers" => out.max_workers = Some(kv.max_workers()?),
+                    _ => return Err(args::unknown_key(&kv, kind, &["name", "max_workers"])),
                 }
             }
         }
@@ -184,7 +245,113 @@ const HANDLER_KEYS: &[&str] = &[
     "reliable_delivery",
     "broadcast_identifier",
     "requeue_on_error",
+    "retry",
+    "dead_letter",
+    "max_workers",
 ];
+
+const RETRY_USAGE: &str = "write `retry(max = 5, backoff = \"1s..30s\")` (the delay doubles from 1s up to 30s) or \
+                           `retry(max = 3, backoff = \"5s\")` (a fixed delay)";
+
+/// `retry(max = N, backoff = "1s..30s" | "5s")`.
+fn retry(kv: &args::KeyValue) -> syn::Result<RetryAttr> {
+    let mut max = None;
+    let mut backoff = None;
+    let mut seen = Seen::default();
+    for item in kv.nested(RETRY_USAGE)? {
+        seen.first(&item)?;
+        match item.name().as_str() {
+            "max" => {
+                let lit = item.int()?;
+                let value: u32 = lit
+                    .base10_parse()
+                    .map_err(|_| syn::Error::new_spanned(&lit, "`max` is a number of retries that fits 32 bits"))?;
+                if value == 0 {
+                    return Err(syn::Error::new_spanned(
+                        &lit,
+                        "`max` counts the retries after the first attempt and must be at least 1; to dead-letter \
+                         without retrying, drop `retry` and keep `dead_letter`",
+                    ));
+                }
+                max = Some(value);
+            }
+            "backoff" => backoff = Some(backoff_nanos(&item.str()?)?),
+            _ => {
+                return Err(args::unknown_key(
+                    &item,
+                    "event_handler(.., retry(..))",
+                    &["max", "backoff"],
+                ));
+            }
+        }
+    }
+    let Some(max) = max else {
+        return Err(syn::Error::new(
+            kv.key.span(),
+            format!("`retry` needs `max`, the number of retries after the first attempt: {RETRY_USAGE}"),
+        ));
+    };
+    let Some((first_nanos, cap_nanos)) = backoff else {
+        return Err(syn::Error::new(
+            kv.key.span(),
+            format!("`retry` needs a `backoff`: {RETRY_USAGE}"),
+        ));
+    };
+    Ok(RetryAttr {
+        key: kv.key.clone(),
+        max,
+        first_nanos,
+        cap_nanos,
+    })
+}
+
+/// `"1s..30s"` or `"5s"`, as the first and the longest delay in nanoseconds.
+fn backoff_nanos(lit: &LitStr) -> syn::Result<(u64, u64)> {
+    const FORMS: &str = "write one delay (\"5s\") or the first and the longest (\"1s..30s\"), each as \"500ms\", \
+                         \"30s\", \"5m\" or \"1h\"";
+    let text = lit.value();
+    let delay = |part: &str| -> syn::Result<f64> {
+        let seconds = super::timer::parse_interval(part).map_err(|why| {
+            syn::Error::new_spanned(
+                lit,
+                format!("invalid backoff `{text}`: `{}`: {why}; {FORMS}", part.trim()),
+            )
+        })?;
+        if !seconds.is_finite() || seconds >= f64::from(u32::MAX) / 1000.0 + 0.001 {
+            return Err(syn::Error::new_spanned(
+                lit,
+                format!(
+                    "invalid backoff `{text}`: `{}` is longer than 4294967295ms (about 49 days), RabbitMQ's longest \
+                     message TTL",
+                    part.trim()
+                ),
+            ));
+        }
+        if seconds < 0.001 {
+            return Err(syn::Error::new_spanned(
+                lit,
+                format!("invalid backoff `{text}`: a delay must be at least 1ms"),
+            ));
+        }
+        Ok(seconds)
+    };
+    let (first, cap) = match text.split_once("..") {
+        Some((first, cap)) => (delay(first)?, delay(cap)?),
+        None => {
+            let fixed = delay(&text)?;
+            (fixed, fixed)
+        }
+    };
+    if cap < first {
+        return Err(syn::Error::new_spanned(
+            lit,
+            format!("invalid backoff `{text}`: the longest delay (after `..`) is shorter than the first; {FORMS}"),
+        ));
+    }
+    // Whole milliseconds stay exact; the rest rounds to the nanosecond.
+    let nanos = |seconds: f64| (seconds * 1e9).round() as u64;
+    Ok((nanos(first), nanos(cap)))
+}
 
 fn event_handler(attr: &Attribute) -> syn::Result<EventHandlerAttr> {
     const USAGE: &str = "write #[event_handler(\"source_service\", \"event_type\", ...)]";
@@ -215,6 +382,9 @@ fn event_handler(attr: &Attribute) -> syn::Result<EventHandlerAttr> {
         reliable_delivery: None,
         broadcast_identifier: None,
         requeue_on_error: None,
+        retry: None,
+        dead_letter: None,
+        max_workers: None,
     };
     let mut seen = Seen::default();
     for kv in rest {
@@ -240,10 +410,137 @@ fn event_handler(attr: &Attribute) -> syn::Result<EventHandlerAttr> {
             "reliable_delivery" => out.reliable_delivery = Some(kv.bool()?),
             "broadcast_identifier" => out.broadcast_identifier = Some(kv.str()?),
             "requeue_on_error" => out.requeue_on_error = Some(kv.bool()?),
+            "retry" => out.retry = Some(retry(&kv)?),
+            "dead_letter" => {
+                let lit = kv.str()?;
+                if lit.value().is_empty() {
+                    return Err(syn::Error::new_spanned(
+                        &lit,
+                        "`dead_letter` names an exchange (declared as a durable topic exchange), e.g. \
+                         dead_letter = \"orders.dead\"",
+                    ));
+                }
+                out.dead_letter = Some(lit);
+            }
+            "max_workers" => out.max_workers = Some(kv.max_workers()?),
             _ => return Err(args::unknown_key(&kv, "event_handler", HANDLER_KEYS)),
         }
     }
+    if let Some(requeue) = &out.requeue_on_error
+        && requeue.value
+        && (out.retry.is_some() || out.dead_letter.is_some())
+    {
+        return Err(syn::Error::new_spanned(
+            requeue,
+            "`requeue_on_error` does not go with `retry` or `dead_letter`: requeueing redelivers a failed event at \
+             once and for ever, `retry` waits between attempts and stops; choose one",
+        ));
+    }
     Ok(out)
+}
+
+const CONSUME_KEYS: &[&str] = &[
+    "queue",
+    "exchange",
+    "exchange_type",
+    "routing_key",
+    "durable",
+    "requeue_on_error",
+    "max_workers",
+];
+
+/// `#[consume(queue = "...", exchange = "...", exchange_type = "topic", routing_key = "...",
+/// durable = bool, requeue_on_error = bool, max_workers = N)]`.
+fn consume(attr: &Attribute) -> syn::Result<ConsumeAttr> {
+    const USAGE: &str = "write #[consume(queue = \"name\")], with options such as `exchange = \"orders\"`, \
+                         `routing_key = \"order.*\"`, `requeue_on_error = true`";
+    let list = attr
+        .meta
+        .require_list()
+        .map_err(|err| syn::Error::new(err.span(), USAGE))?;
+    let mut queue = None;
+    let mut exchange: Option<LitStr> = None;
+    let mut exchange_type: Option<(LitStr, &'static str)> = None;
+    let mut routing_key: Option<LitStr> = None;
+    let mut durable = None;
+    let mut requeue_on_error = None;
+    let mut max_workers = None;
+    let mut seen = Seen::default();
+    for kv in args::parse_list(list.tokens.clone())? {
+        seen.first(&kv)?;
+        match kv.name().as_str() {
+            "queue" => {
+                let lit = kv.str()?;
+                if lit.value().is_empty() {
+                    return Err(syn::Error::new_spanned(&lit, "the queue needs a name"));
+                }
+                queue = Some(lit);
+            }
+            "exchange" => {
+                let lit = kv.str()?;
+                if lit.value().is_empty() {
+                    return Err(syn::Error::new_spanned(
+                        &lit,
+                        "`exchange = \"\"` is the default exchange, which routes by queue name already: drop it",
+                    ));
+                }
+                exchange = Some(lit);
+            }
+            "exchange_type" => {
+                let lit = kv.str()?;
+                let variant = match lit.value().as_str() {
+                    "direct" => "Direct",
+                    "topic" => "Topic",
+                    "fanout" => "Fanout",
+                    other => {
+                        return Err(syn::Error::new_spanned(
+                            &lit,
+                            format!(
+                                "unknown exchange_type `{other}`; expected one of: \"direct\", \"topic\", \"fanout\""
+                            ),
+                        ));
+                    }
+                };
+                exchange_type = Some((lit, variant));
+            }
+            "routing_key" => routing_key = Some(kv.str()?),
+            "durable" => durable = Some(kv.bool()?),
+            "requeue_on_error" => requeue_on_error = Some(kv.bool()?),
+            "max_workers" => max_workers = Some(kv.max_workers()?),
+            _ => return Err(args::unknown_key(&kv, "consume", CONSUME_KEYS)),
+        }
+    }
+    let Some(queue) = queue else {
+        return Err(syn::Error::new_spanned(
+            attr,
+            format!("#[consume] needs a queue: {USAGE}"),
+        ));
+    };
+    if exchange.is_none() {
+        if let Some((lit, _)) = &exchange_type {
+            return Err(syn::Error::new_spanned(
+                lit,
+                "`exchange_type` needs an `exchange = \"...\"` to apply to",
+            ));
+        }
+        if let Some(lit) = &routing_key {
+            return Err(syn::Error::new_spanned(
+                lit,
+                "`routing_key` binds the queue to an `exchange = \"...\"`: without one, messages reach the queue \
+                 through the default exchange, by its name",
+            ));
+        }
+    }
+    let exchange = exchange.map(|name| (name, exchange_type.map_or("Direct", |(_, variant)| variant)));
+    Ok(ConsumeAttr {
+        attr: attr.clone(),
+        queue,
+        exchange,
+        routing_key,
+        durable,
+        requeue_on_error,
+        max_workers,
+    })
 }
 
 fn custom(attr: &Attribute) -> syn::Result<CustomAttr> {
@@ -269,6 +566,7 @@ impl EntrypointAttr {
             Self::Custom(_) => "entrypoint",
             Self::Timer(_) => "timer",
             Self::Http(_) => "http",
+            Self::Consume(_) => "consume",
         }
     }
 
@@ -284,6 +582,15 @@ impl EntrypointAttr {
     pub(crate) fn detail(&self) -> String {
         match self {
             Self::EventHandler(a) => format!("{}.{}", a.source.value(), a.event_type.value()),
+            Self::Consume(a) => match &a.exchange {
+                Some((exchange, _)) => format!(
+                    "queue {} (exchange {}, routing key `{}`)",
+                    a.queue.value(),
+                    exchange.value(),
+                    a.routing_key.as_ref().map(LitStr::value).unwrap_or_default()
+                ),
+                None => format!("queue {}", a.queue.value()),
+            },
             Self::Timer(a) => a.detail(),
             Self::Http(a) => a
                 .routes
@@ -303,6 +610,7 @@ impl EntrypointAttr {
             Self::Custom(a) => a.attr.to_token_stream(),
             Self::Timer(a) => a.span_tokens(),
             Self::Http(a) => a.attr.to_token_stream(),
+            Self::Consume(a) => a.attr.to_token_stream(),
         }
     }
 
@@ -315,11 +623,13 @@ impl EntrypointAttr {
         // Errors about the method's types point at its return type, not at `#[service]`.
         let add = quote_spanned! {method.ret_span=> entrypoints.add };
         let body = match self {
-            Self::Rpc(_) => {
+            Self::Rpc(attr) => {
                 let entrypoint = args::respan(quote!(#p::RpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
-                args_entrypoint(method, &p, &name, &add, &ok, &entrypoint)
+                let limit = limit(attr.max_workers.as_ref());
+                args_entrypoint(method, &p, &name, &add, &ok, &quote!(#entrypoint #limit))
             }
-            Self::WsRpc(_) => ws_rpc_entrypoint(cx, method, &p, &name, &add, &ok)?,
+            Self::WsRpc(attr) => ws_rpc_entrypoint(cx, method, &p, &name, &add, &ok, attr.max_workers.as_ref())?,
+            Self::Consume(attr) => attr.expand(cx, method, &p, &name, &add, &ok)?,
             Self::EventHandler(attr) => {
                 let [param] = method.params.as_slice() else {
                     cx.error_spanned_by(
@@ -336,7 +646,7 @@ impl EntrypointAttr {
                 let (source, event_type) = (&attr.source, &attr.event_type);
                 let mut options = Vec::new();
                 if let Some((lit, variant)) = &attr.handler_type {
-                    let variant = syn::Ident::new(variant, lit.span());
+                    let variant = Ident::new(variant, lit.span());
                     options.push(quote!(.handler_type(#p::HandlerType::#variant)));
                 }
                 if let Some(value) = &attr.reliable_delivery {
@@ -348,6 +658,27 @@ impl EntrypointAttr {
                 if let Some(value) = &attr.requeue_on_error {
                     options.push(quote!(.requeue_on_error(#value)));
                 }
+                if let Some(RetryAttr {
+                    key,
+                    max,
+                    first_nanos,
+                    cap_nanos,
+                }) = &attr.retry
+                {
+                    options.push(quote_spanned! {key.span()=>
+                        .retry(#p::Retry::new(
+                            #max,
+                            #p::Backoff::exponential(
+                                ::core::time::Duration::from_nanos(#first_nanos),
+                                ::core::time::Duration::from_nanos(#cap_nanos),
+                            ),
+                        ))
+                    });
+                }
+                if let Some(exchange) = &attr.dead_letter {
+                    options.push(quote!(.dead_letter(#exchange)));
+                }
+                options.push(limit(attr.max_workers.as_ref()));
                 let handler = method.handler(&p, quote!(payload: #ty), quote!(payload));
                 let event_handler = args::respan(quote!(#p::EventHandler::<#ty, #ok>), ty.span());
                 let event_handler = quote!(#event_handler::new(#source, #event_type));
@@ -375,7 +706,7 @@ impl EntrypointAttr {
                 let assert_ok =
                     quote_spanned! {method.ret_span=> #p::assert_http_response::<<#ret as #p::HandlerResult>::Ok>(); };
                 let values: Vec<_> = (0..count)
-                    .map(|i| syn::Ident::new(&format!("__arg{i}"), proc_macro2::Span::call_site()))
+                    .map(|i| Ident::new(&format!("__arg{i}"), proc_macro2::Span::call_site()))
                     .collect();
                 let ident = &method.ident;
                 let into_result = args::respan(quote!(#p::into_http_result::<#ret>), method.ret_span);
@@ -387,11 +718,12 @@ impl EntrypointAttr {
                 let mut routes = attr.routes.iter();
                 let (methods, path) = routes.next().expect("one route per attribute");
                 let more = routes.map(|(methods, path)| quote!(.route(#methods, #path)));
+                let limit = limit(attr.max_workers.as_ref());
                 let http_entrypoint = args::respan(quote!(#p::HttpEntrypoint::<( #( #tys, )* ), _>), method.ret_span);
                 quote! {
                     #( #asserts )*
                     #assert_ok
-                    #add(#name, #http_entrypoint::new(#methods, #path) #( #more )*, #handler);
+                    #add(#name, #http_entrypoint::new(#methods, #path) #( #more )* #limit, #handler);
                 }
             }
             Self::Custom(attr) => {
@@ -483,6 +815,66 @@ fn args_entrypoint(
     }
 }
 
+/// `.max_workers(N)`, or nothing.
+pub(crate) fn limit(max_workers: Option<&LitInt>) -> TokenStream {
+    match max_workers {
+        Some(n) => quote!(.max_workers(#n)),
+        None => TokenStream::new(),
+    }
+}
+
+impl ConsumeAttr {
+    /// `entrypoints.add("name", Consume::<Payload, Ok>::new("queue")..., handler)`.
+    fn expand(
+        &self,
+        cx: &Ctxt,
+        method: &Method,
+        p: &TokenStream,
+        name: &LitStr,
+        add: &TokenStream,
+        ok: &TokenStream,
+    ) -> Option<TokenStream> {
+        let [param] = method.params.as_slice() else {
+            cx.error_spanned_by(
+                &method.ident,
+                format!(
+                    "a #[consume] method takes exactly one message parameter after `&self`, found {}",
+                    method.params.len()
+                ),
+            );
+            return None;
+        };
+        let ty = &param.ty;
+        let deserialize = quote_spanned! {ty.span()=> let _ = __assert_deserialize::<#ty>; };
+        let queue = &self.queue;
+        let mut options = Vec::new();
+        if let Some((exchange, variant)) = &self.exchange {
+            let variant = Ident::new(variant, exchange.span());
+            options.push(quote!(.exchange(#p::Exchange::new(#exchange, #p::ExchangeKind::#variant))));
+        }
+        if let Some(value) = &self.routing_key {
+            options.push(quote!(.routing_key(#value)));
+        }
+        if let Some(value) = &self.durable {
+            options.push(quote!(.durable(#value)));
+        }
+        if let Some(value) = &self.requeue_on_error {
+            options.push(quote!(.requeue_on_error(#value)));
+        }
+        options.push(limit(self.max_workers.as_ref()));
+        let handler = method.handler(p, quote!(message: #ty), quote!(message));
+        let consume = args::respan(quote!(#p::Consume::<#ty, #ok>), ty.span());
+        Some(quote! {
+            #deserialize
+            #add(
+                #name,
+                #consume::new(#queue) #( #options )*,
+                #handler,
+            );
+        })
+    }
+}
+
 /// `#[ws_rpc]`: like `#[rpc]`, with the socket id bound to the first parameter.
 fn ws_rpc_entrypoint(
     cx: &Ctxt,
@@ -491,6 +883,7 @@ fn ws_rpc_entrypoint(
     name: &LitStr,
     add: &TokenStream,
     ok: &TokenStream,
+    max_workers: Option<&LitInt>,
 ) -> Option<TokenStream> {
     if method.params.is_empty() {
         cx.error_spanned_by(
@@ -500,5 +893,6 @@ fn ws_rpc_entrypoint(
         return None;
     }
     let entrypoint = args::respan(quote!(#p::WsRpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
-    Some(args_entrypoint(method, p, name, add, ok, &entrypoint))
+    let limit = limit(max_workers);
+    Some(args_entrypoint(method, p, name, add, ok, &quote!(#entrypoint #limit)))
 }

@@ -239,7 +239,7 @@ mod tests {
             [
                 "unknown key `colour` in `#[service]`; expected one of: `name`, `crate`",
                 "entrypoint methods must be `async fn`",
-                "unknown key `nmae` in `#[rpc]`; expected one of: `name`",
+                "unknown key `nmae` in `#[rpc]`; expected one of: `name`, `max_workers`",
                 "entrypoint methods take `&self`, not `&mut self`: keep per-call state in locals, shared state in a dependency",
             ]
         );
@@ -310,5 +310,90 @@ mod tests {
         assert!(out.contains("Param :: required (\"socket_id\")"), "{out}");
         assert!(out.contains("Param :: required (\"room\")"), "{out}");
         assert!(out.contains("(\"join\""), "{out}");
+    }
+    #[test]
+    fn max_workers_goes_to_each_entrypoint() {
+        let out = expand(
+            quote!(name = "svc"),
+            quote! {
+                impl Svc {
+                    #[rpc(max_workers = 3)]
+                    #[event_handler("src", "ty", max_workers = 2)]
+                    #[consume(queue = "jobs", exchange = "orders", exchange_type = "topic", routing_key = "o.*", max_workers = 4)]
+                    async fn a(&self, x: u8) -> Result<(), E> { Ok(()) }
+                    #[http("GET", "/b", max_workers = 5)]
+                    #[http("POST", "/b")]
+                    async fn b(&self) -> Result<(), E> { Ok(()) }
+                    #[timer(interval = "1s", max_workers = 1)]
+                    async fn c(&self) -> Result<(), E> { Ok(()) }
+                    #[ws_rpc(max_workers = 6)]
+                    async fn d(&self, socket_id: String) -> Result<(), E> { Ok(()) }
+                }
+            },
+        )
+        .unwrap()
+        .to_string();
+        for n in 1..=6 {
+            assert!(out.contains(&format!(". max_workers ({n}usize)")), "{n}: {out}");
+        }
+        assert!(out.contains("Consume :: < u8"), "{out}");
+        assert!(out.contains("ExchangeKind :: Topic"), "{out}");
+        assert!(out.contains(". routing_key (\"o.*\")"), "{out}");
+    }
+
+    #[test]
+    fn max_workers_must_be_a_positive_whole_number() {
+        let errors = errors(
+            quote!(name = "svc"),
+            quote! {
+                impl Svc {
+                    #[rpc(max_workers = 0)]
+                    async fn a(&self) -> Result<(), E> { Ok(()) }
+                    #[rpc(max_workers = "4")]
+                    async fn b(&self) -> Result<(), E> { Ok(()) }
+                    #[http("GET", "/c", max_workers = 1)]
+                    #[http("GET", "/d", max_workers = 2)]
+                    async fn c(&self) -> Result<(), E> { Ok(()) }
+                }
+            },
+        );
+        assert_eq!(
+            errors,
+            [
+                "`max_workers` must be at least 1: 0 would never run a worker",
+                "`max_workers` takes an integer",
+                "`max_workers` is given twice: the #[http] attributes of one method are one entrypoint; give it on one of them",
+            ]
+        );
+    }
+
+    #[test]
+    fn consume_needs_a_queue_and_an_exchange_for_its_routing_key() {
+        let errors = errors(
+            quote!(name = "svc"),
+            quote! {
+                impl Svc {
+                    #[consume(exchange = "x")]
+                    async fn a(&self, m: u8) -> Result<(), E> { Ok(()) }
+                    #[consume(queue = "q", routing_key = "k")]
+                    async fn b(&self, m: u8) -> Result<(), E> { Ok(()) }
+                    #[consume(queue = "q", exchange = "x", exchange_type = "headers")]
+                    async fn c(&self, m: u8) -> Result<(), E> { Ok(()) }
+                    #[consume(queue = "q")]
+                    async fn d(&self) -> Result<(), E> { Ok(()) }
+                }
+            },
+        );
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[0].starts_with("#[consume] needs a queue"), "{errors:?}");
+        assert!(
+            errors[1].starts_with("`routing_key` binds the queue to an `exchange"),
+            "{errors:?}"
+        );
+        assert!(errors[2].starts_with("unknown exchange_type `headers`"), "{errors:?}");
+        assert_eq!(
+            errors[3],
+            "a #[consume] method takes exactly one message parameter after `&self`, found 0"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
-use syn::{Attribute, Expr, ExprLit, Lit, LitBool, LitStr, spanned::Spanned};
+use syn::{Attribute, Expr, ExprLit, Lit, LitBool, LitInt, LitStr, spanned::Spanned};
 
 use super::method::Method;
 use crate::{
@@ -17,6 +17,7 @@ pub(crate) struct TimerAttr {
     eager: Option<LitBool>,
     missed: Option<(LitStr, &'static str)>,
     cluster_singleton: Option<LitBool>,
+    max_workers: Option<LitInt>,
 }
 
 enum Schedule {
@@ -28,7 +29,15 @@ enum Schedule {
     },
 }
 
-const KEYS: &[&str] = &["interval", "cron", "tz", "eager", "missed", "cluster_singleton"];
+const KEYS: &[&str] = &[
+    "interval",
+    "cron",
+    "tz",
+    "eager",
+    "missed",
+    "cluster_singleton",
+    "max_workers",
+];
 const USAGE: &str = "write #[timer(interval = \"30s\")] or #[timer(cron = \"0 */5 * * * *\")]";
 
 pub(crate) fn parse(attr: &Attribute) -> syn::Result<TimerAttr> {
@@ -42,6 +51,7 @@ pub(crate) fn parse(attr: &Attribute) -> syn::Result<TimerAttr> {
     let mut eager = None;
     let mut missed = None;
     let mut cluster_singleton = None;
+    let mut max_workers = None;
     let mut seen = Seen::default();
     for kv in args::parse_list(list.tokens.clone())? {
         seen.first(&kv)?;
@@ -78,6 +88,7 @@ pub(crate) fn parse(attr: &Attribute) -> syn::Result<TimerAttr> {
                 missed = Some((lit, variant));
             }
             "cluster_singleton" => cluster_singleton = Some(kv.bool()?),
+            "max_workers" => max_workers = Some(kv.max_workers()?),
             _ => return Err(args::unknown_key(&kv, "timer", KEYS)),
         }
     }
@@ -125,6 +136,7 @@ pub(crate) fn parse(attr: &Attribute) -> syn::Result<TimerAttr> {
         eager,
         missed,
         cluster_singleton,
+        max_workers,
     })
 }
 
@@ -166,7 +178,7 @@ fn interval_nanos(value: &Expr) -> syn::Result<(u64, Span)> {
 }
 
 /// The interval grammar of `nameko_extensions::timer::parse_interval`, in seconds.
-fn parse_interval(text: &str) -> Result<f64, &'static str> {
+pub(crate) fn parse_interval(text: &str) -> Result<f64, &'static str> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -259,6 +271,7 @@ impl TimerAttr {
         if let Some(singleton) = &self.cluster_singleton {
             options.push(quote!(.cluster_singleton(#singleton)));
         }
+        options.push(super::entrypoint::limit(self.max_workers.as_ref()));
         let ident = &method.ident;
         let ret = &method.ret;
         let into_result = args::respan(quote!(<#ret as #p::HandlerResult>::into_result), method.ret_span);

@@ -3,7 +3,10 @@
 stdin: {"service": s,
         "requests": [{"id": i, "method": m, "body": "<raw text>",
                       "content_type": "application/json" | null,   # null: not sent
-                      "reply_to": true | false}, ...],
+                      "reply_to": true | false,
+                      "header_depth": n}, ...],   # optional: a header "deep", a list
+                                                 # nested n levels (encoded recursively
+                                                 # by py-amqp: run with a deep stack)
         "timeout": seconds}
 Requests go to the rpc_exchange of NAMEKO_TEST_CONFIG with routing key
 `<service>.<method>`, one after another, correlation id = their id. Replies come to an
@@ -15,6 +18,7 @@ also has "raised": what Nameko's client would raise for it.
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from urllib.parse import unquote, urlparse
@@ -60,6 +64,11 @@ def main():
         properties = {"correlation_id": item["id"]}
         if item.get("content_type"):
             properties["content_type"] = item["content_type"]
+        if item.get("header_depth"):
+            deep = []
+            for _ in range(item["header_depth"] - 1):
+                deep = [deep]
+            properties["application_headers"] = {"deep": deep}
         if item.get("reply_to", True):
             properties["reply_to"] = reply_key
             wanted.add(item["id"])
@@ -80,4 +89,19 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # Deep headers are encoded recursively: room for them.
+    sys.setrecursionlimit(200000)
+    threading.stack_size(512 * 1024 * 1024)
+    failed = []
+
+    def run():
+        try:
+            main()
+        except BaseException:
+            failed.append(True)
+            raise
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    sys.exit(1 if failed else 0)

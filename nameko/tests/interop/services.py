@@ -7,8 +7,10 @@ test runs them under names of its own. The tests start them with
 
 import os
 
+from kombu import Exchange, Queue
 from nameko.events import BROADCAST, SINGLETON, EventDispatcher, EventHandler, event_handler
 from nameko.extensions import DependencyProvider
+from nameko.messaging import Publisher, consume
 from nameko.rpc import RpcProxy, rpc
 
 
@@ -119,3 +121,27 @@ class Shared:
     @rpc
     def which(self):
         return "python"
+
+
+MESSAGES = Exchange(env("MSG_EXCHANGE"), type="topic")
+
+
+class Messenger:
+    """Publishes to a Rust `#[consume]` queue with `Publisher`, and consumes what a Rust
+    `Publisher` sends with `@consume`."""
+
+    name = env("MESSENGER_NAME")
+    ctx = Context()
+    publish = Publisher(exchange=MESSAGES)
+
+    @rpc
+    def send(self, routing_key, payload):
+        self.publish(payload, routing_key=routing_key)
+
+    @consume(Queue(env("MSG_PY_QUEUE"), exchange=MESSAGES, routing_key="to_python.*"))
+    def receive(self, payload):
+        RECEIVED.append({"handler": "consume", "payload": payload, **seen(self.ctx)})
+
+    @rpc
+    def received(self):
+        return RECEIVED

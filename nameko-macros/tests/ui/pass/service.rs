@@ -67,6 +67,27 @@ impl Greeting {
         Err(GreetingError::Gone)
     }
 
+    /// Retries twice with a growing delay, then dead-letters.
+    #[event_handler("orders", "order_paid", retry(max = 2, backoff = "1s..30s"), dead_letter = "orders.dead")]
+    pub async fn on_paid(&self, order: OrderCreated) -> Result<(), GreetingError> {
+        let _ = order.id;
+        Ok(())
+    }
+
+    /// Retries with a fixed delay.
+    #[event_handler("orders", "order_lost", retry(max = 3, backoff = "500ms"))]
+    pub async fn on_lost(&self, order: OrderCreated) -> Result<(), GreetingError> {
+        let _ = order.id;
+        Ok(())
+    }
+
+    /// Dead-letters at once: no `retry`.
+    #[event_handler("orders", "order_found", dead_letter = "orders.dead")]
+    pub async fn on_found(&self, order: OrderCreated) -> Result<(), GreetingError> {
+        let _ = order.id;
+        Ok(())
+    }
+
     /// Both an rpc method and an event handler.
     #[rpc]
     #[event_handler("config", "changed", handler_type = "singleton")]

@@ -10,6 +10,7 @@
 
 mod cluster;
 mod events;
+mod messaging;
 mod poison;
 mod rpc;
 

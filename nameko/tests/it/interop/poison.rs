@@ -147,3 +147,76 @@ async fn poison_messages_leave_a_rust_service_serving() {
     running.stop().await;
     t.finish(vec![], None).await;
 }
+
+#[derive(Debug, nameko::Dependencies)]
+pub(crate) struct Hostile {}
+
+#[nameko::service(name = "interop_hostile")]
+impl Hostile {
+    #[rpc]
+    async fn echo(&self, value: Value) -> Result<Value, RemoteError> {
+        Ok(value)
+    }
+}
+
+/// Through RabbitMQ from py-amqp: a header nested 5,000 levels deep (it aborted any
+/// lapin consumer before the AMQP header guard) is answered with `MalformedRequest`,
+/// a body over `MAX_MESSAGE_SIZE` with `MessageTooLarge` (a `RemoteError` to a Python
+/// caller), and the service keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_headers_and_oversized_requests_are_refused_as_python_reads_it() {
+    let Some(t) = Interop::new().await else { return };
+    t.rabbit.claim_service("interop_hostile");
+    let running = t
+        .runner(json!({"MAX_MESSAGE_SIZE": 1024}))
+        .with_service::<Hostile>()
+        .start()
+        .await
+        .unwrap();
+    let valid = r#"{"args": ["ok"], "kwargs": {}}"#;
+    let mut deep = request("deep", "echo", valid, JSON, true);
+    deep["header_depth"] = json!(5000);
+    let mut at_limit = request("at-limit", "echo", valid, JSON, true);
+    at_limit["header_depth"] = json!(64);
+    let large = format!(r#"{{"args": ["{}"], "kwargs": {{}}}}"#, "x".repeat(2000));
+    let replies = t
+        .script(
+            "raw_rpc.py",
+            &json!({
+                "service": "interop_hostile",
+                "requests": [
+                    deep,
+                    at_limit,
+                    request("too-large", "echo", &large, JSON, true),
+                    request("after", "echo", valid, JSON, true),
+                ],
+            }),
+        )
+        .await;
+    running.stop().await;
+
+    let deep = &replies["deep"];
+    assert_eq!(
+        deep["error"]["exc_path"], "nameko.exceptions.MalformedRequest",
+        "{replies}"
+    );
+    assert!(
+        deep["error"]["value"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nested more than 64 levels"),
+        "{replies}"
+    );
+    assert_eq!(replies["at-limit"], json!({"result": "ok", "error": null}), "{replies}");
+    let large = &replies["too-large"];
+    assert_eq!(large["error"]["exc_type"], "MessageTooLarge", "{replies}");
+    assert_eq!(
+        (&large["raised"]["module"], &large["raised"]["class"]),
+        (&json!("nameko.exceptions"), &json!("RemoteError")),
+        "{replies}"
+    );
+    assert_eq!(replies["after"], json!({"result": "ok", "error": null}), "{replies}");
+    let counts = t.rabbit.queue_counts("rpc-interop_hostile").await.unwrap().unwrap();
+    assert_eq!(counts.ready, 0);
+    t.finish(vec![], None).await;
+}

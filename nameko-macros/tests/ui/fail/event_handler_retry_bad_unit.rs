@@ -1,0 +1,15 @@
+use nameko::prelude::RemoteError;
+
+#[derive(nameko::Dependencies)]
+struct Svc {}
+
+#[nameko::service(name = "svc")]
+impl Svc {
+    #[event_handler("orders", "created", retry(max = 5, backoff = "1s..10 parsecs"))]
+    async fn on_order(&self, id: u64) -> Result<(), RemoteError> {
+        let _ = id;
+        Ok(())
+    }
+}
+
+fn main() {}

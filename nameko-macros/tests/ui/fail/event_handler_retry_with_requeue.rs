@@ -1,0 +1,15 @@
+use nameko::prelude::RemoteError;
+
+#[derive(nameko::Dependencies)]
+struct Svc {}
+
+#[nameko::service(name = "svc")]
+impl Svc {
+    #[event_handler("orders", "created", retry(max = 1, backoff = "1s"), requeue_on_error = true)]
+    async fn on_order(&self, id: u64) -> Result<(), RemoteError> {
+        let _ = id;
+        Ok(())
+    }
+}
+
+fn main() {}
