@@ -38,6 +38,7 @@
 //! lapin logs returned messages, headers and body included, at WARN under the target
 //! `lapin::returned_messages`; turn that target off (the CLI does).
 
+mod confirms;
 mod convert;
 mod guard;
 mod settings;
@@ -61,7 +62,7 @@ use futures_util::{Stream, StreamExt};
 use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
 use lapin::uri::AMQPScheme;
 use lapin::{
-    Channel, Confirmation, Connection, ConnectionProperties, ErrorKind, Event,
+    Channel, Connection, ConnectionProperties, ErrorKind, Event,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
         BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
@@ -73,6 +74,7 @@ use nameko_core::Readiness;
 use tokio::sync::{Mutex as AsyncMutex, broadcast, oneshot, watch};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use self::confirms::{Confirmed, Confirms};
 use self::convert::{from_properties, short, to_properties, to_table};
 pub use self::settings::ConfigConnectError;
 pub use self::tls::{AMQP_SSL, TlsError, TlsErrorKind, TlsOptions, Verify};
@@ -148,8 +150,9 @@ struct Inner {
     uri: AmqpUri,
     /// Held while a publish opens the publisher channel.
     publisher: AsyncMutex<()>,
-    /// The open publisher channel, read without waiting by every publish.
-    publisher_open: Mutex<Option<Channel>>,
+    /// The open publisher channel, read without waiting by every publish, and the
+    /// confirms of its publishes in flight.
+    publisher_open: Mutex<Option<(Channel, Arc<Confirms>)>>,
     events: broadcast::Sender<ConnectionEvent>,
     /// Why the connection is down, while it is.
     down: Mutex<Option<String>>,
@@ -649,7 +652,7 @@ impl Inner {
 
     /// The publisher channel in confirm mode: the open one without waiting (publishes
     /// run side by side), or a new one, opened by one publish while the others wait.
-    async fn publisher_channel(&self) -> Result<Channel, BrokerError> {
+    async fn publisher_channel(&self) -> Result<(Channel, Arc<Confirms>), BrokerError> {
         if let Some(channel) = self.open_publisher() {
             return Ok(channel);
         }
@@ -663,16 +666,17 @@ impl Inner {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| self.error(&e))?;
-        *self.publisher_open.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel.clone());
-        Ok(channel)
+        let open = (channel, Arc::new(Confirms::default()));
+        *self.publisher_open.lock().unwrap_or_else(PoisonError::into_inner) = Some(open.clone());
+        Ok(open)
     }
 
-    fn open_publisher(&self) -> Option<Channel> {
+    fn open_publisher(&self) -> Option<(Channel, Arc<Confirms>)> {
         self.publisher_open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .filter(|c| c.status().connected())
+            .filter(|(channel, _)| channel.status().connected())
             .cloned()
     }
 
@@ -816,13 +820,24 @@ impl Broker for AmqpBroker {
             mandatory: message.mandatory,
             immediate: false,
         };
+        let identity = message.mandatory.then(|| confirms::Identity {
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+            correlation_id: message.properties.correlation_id.clone(),
+            body: message.body.clone(),
+        });
         let attempt = async {
-            let channel = inner.publisher_channel().await?;
+            let (channel, confirms) = inner.publisher_channel().await?;
+            // Tracked before it is sent: see `confirms` for why.
+            let mut ticket = confirms.reserve(identity);
             let confirmation = match channel
                 .basic_publish(exchange, routing_key, options, &message.body, properties)
                 .await
             {
-                Ok(confirm) => confirm.await,
+                Ok(confirm) => {
+                    ticket.sent(confirm);
+                    ticket.await
+                }
                 Err(error) => Err(error),
             };
             Ok::<_, BrokerError>(confirmation)
@@ -841,12 +856,9 @@ impl Broker for AmqpBroker {
             }
         };
         match confirmation {
-            Ok(Confirmation::Ack(Some(returned))) => Ok(PublishOutcome::Returned {
-                code: returned.reply_code,
-                text: returned.reply_text.to_string(),
-            }),
-            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(PublishOutcome::Routed),
-            Ok(Confirmation::Nack(_)) => Ok(PublishOutcome::Nacked),
+            Ok(Confirmed::Returned { code, text }) => Ok(PublishOutcome::Returned { code, text }),
+            Ok(Confirmed::Ack) => Ok(PublishOutcome::Routed),
+            Ok(Confirmed::Nack) => Ok(PublishOutcome::Nacked),
             Err(error) => match inner.error(&error) {
                 // RabbitMQ closes the channel with 404 for a missing exchange; other
                 // publishes in flight on the channel see the same error, but name

@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
             direct_and_fanout_routing,
             publish_to_missing_exchange,
             mandatory_returns,
+            concurrent_returns_reach_their_own_publish,
             precondition_failed,
             competing_consumers,
             per_consumer_prefetch,
@@ -365,6 +366,45 @@ async fn mandatory_returns(h: &dyn Harness) {
     assert_eq!(b.publish(routable).await, Ok(PublishOutcome::Routed));
     eventually(h, "the routed message is in the queue", counts(&q, 1, 0)).await;
     cleanup(&b, &[&q], &[&x]).await;
+}
+
+/// Many publishes in flight on one connection, every other one unroutable: each is
+/// told its own outcome. The broker confirms several publishes at once (`multiple`),
+/// and lapin hands the returned messages to whichever of them it completes first; the
+/// broker matches them back to their publishes.
+async fn concurrent_returns_reach_their_own_publish(h: &dyn Harness) {
+    const PUBLISHES: usize = 400;
+    let b = h.connect().await;
+    let q = h.unique("bound");
+    declare(&b, Topology::new().queue(transient(&q))).await;
+    let nowhere = h.unique("no-such-queue");
+    let publishes = (0..PUBLISHES).map(|n| {
+        let b = b.clone();
+        let (key, mandatory) = match n % 4 {
+            0 | 1 => (q.clone(), true),
+            2 => (nowhere.clone(), true),
+            _ => (nowhere.clone(), false),
+        };
+        async move {
+            let mut publish = message("", &key, &n.to_string());
+            publish.mandatory = mandatory;
+            (n, b.publish(publish).await)
+        }
+    });
+    let outcomes = futures_util::future::join_all(publishes).await;
+    for (n, outcome) in outcomes {
+        let expected = if n % 4 == 2 {
+            PublishOutcome::Returned {
+                code: 312,
+                text: "NO_ROUTE".to_owned(),
+            }
+        } else {
+            PublishOutcome::Routed
+        };
+        assert_eq!(outcome, Ok(expected), "publish {n}");
+    }
+    eventually(h, "the routed messages are in the queue", counts(&q, PUBLISHES / 2, 0)).await;
+    cleanup(&b, &[&q], &[]).await;
 }
 
 /// Redeclaring with other flags or arguments fails with PRECONDITION_FAILED; an
