@@ -20,6 +20,7 @@
 
 pub(crate) mod edge;
 mod entrypoint;
+mod probes;
 pub(crate) mod server;
 
 pub use axum;

@@ -25,12 +25,15 @@ use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
 use super::edge::{self, DEFAULT_MAX_BODY_SIZE, Limit};
+use super::probes::Probe;
 use crate::transport;
 
 /// The config key of the request body limit, in bytes (default 2 MiB).
 pub const MAX_BODY_SIZE_KEY: &str = "WEB_MAX_BODY_SIZE";
 
-/// Paths the runner keeps for itself (health and readiness endpoints).
+/// Paths the runner keeps for itself: `GET /health` (alive) and `GET /ready` (`200`
+/// when the runner's readiness is, `503` naming what is not), answered before any
+/// route — yours or an entrypoint's.
 pub const RESERVED_PATHS: &[&str] = &["/health", "/ready"];
 
 const SHARED_KEY: &str = "http/web-server";
@@ -489,11 +492,20 @@ impl Service<Request> for Edge {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        let limit = self.inner.limit.get();
+        if let Some(probe) = Probe::of(request.uri().path()) {
+            let readiness = self.inner.settings.get().and_then(|s| s.readiness.clone());
+            return Box::pin(async move {
+                Ok(edge::edge(limit, request, |request| async move {
+                    probe.answer(request.method(), readiness.as_ref())
+                })
+                .await)
+            });
+        }
         // The edge limits bodies itself: axum's own default limit is off. Around the
         // whole app, not per route (`Router::layer` would box every route once more).
         let app = self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut app = DefaultBodyLimit::disable().layer(app);
-        let limit = self.inner.limit.get();
         Box::pin(async move {
             Ok(edge::edge(limit, request, |request| async move {
                 match app.call(request).await {

@@ -525,6 +525,45 @@ async fn readiness_has_a_web_server_part_while_bound() {
     assert!(!has_part(), "{:?}", readiness.report());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_ready_answer_probes_from_the_readiness() {
+    let log = Arc::new(HookLog::default());
+    let web = WebServer::new();
+    let runner = ServiceRunner::new(config(""))
+        .resource(log)
+        .resource(Arc::new(web.clone()))
+        .with_service::<Web>();
+    let readiness = runner.readiness();
+    let running = runner.start().await.unwrap();
+    let addr = web.local_addr().expect("bound once started");
+
+    let health = get(addr, "/health").await;
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.json().unwrap(), json!({"status": "alive"}));
+    assert!(health.header("x-trace-id").is_some(), "{health:?}");
+    let ready = get(addr, "/ready").await;
+    assert_eq!((ready.status, ready.json().unwrap()), (200, json!({"ready": true})));
+
+    // Something not ready (a lost connection, say): 503, naming it.
+    let part = readiness.part("RabbitMQ connection", "the connection was lost; reconnecting");
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert_eq!(
+        ready.json().unwrap(),
+        json!({"ready": false, "not_ready": [
+            {"part": "RabbitMQ connection", "reason": "the connection was lost; reconnecting"}
+        ]})
+    );
+    part.ready();
+    assert_eq!(get(addr, "/ready").await.status, 200);
+    assert_error(
+        &exchange(addr, "POST", "/health", &[], b"").await.unwrap(),
+        405,
+        "MethodNotAllowed",
+    );
+    running.stop().await;
+}
+
 #[derive(nameko::Dependencies)]
 pub(crate) struct NoHttp {}
 
