@@ -65,6 +65,9 @@ pub mod websockets {}
 #[doc = include_str!("../guide/cli.md")]
 pub mod cli {}
 
+#[doc = include_str!("../guide/operations.md")]
+pub mod operations {}
+
 #[doc = include_str!("../guide/extensions.md")]
 ///
 /// ## The whole example

@@ -32,6 +32,7 @@ pub mod entrypoints;
 mod error;
 mod extension;
 pub mod ids;
+pub mod metrics;
 mod readiness;
 #[cfg(feature = "registry")]
 pub mod registry;

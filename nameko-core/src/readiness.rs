@@ -72,6 +72,23 @@ impl ReadinessReport {
     }
 }
 
+impl ReadinessReport {
+    /// What `GET /ready` answers (the web server's and the metrics endpoint's):
+    /// `{"ready": true}`, or `{"ready": false, "not_ready": [{"part": .., "reason": ..}]}`
+    /// naming each part not ready.
+    pub fn probe_json(&self) -> serde_json::Value {
+        if self.is_ready() {
+            return serde_json::json!({"ready": true});
+        }
+        let not_ready: Vec<serde_json::Value> = self
+            .not_ready()
+            .into_iter()
+            .map(|(part, reason)| serde_json::json!({"part": part, "reason": reason}))
+            .collect();
+        serde_json::json!({"ready": false, "not_ready": not_ready})
+    }
+}
+
 impl fmt::Display for ReadinessReport {
     /// `ready`, or `not ready: <part> (<reason>); ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

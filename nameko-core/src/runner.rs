@@ -1,12 +1,13 @@
 //! [`ServiceRunner`]: several services in one process.
 
-use std::{collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
 
 use crate::{
     config::Config,
     container::{ContainerError, ServiceContainer, ServiceContainerBuilder, Startable},
+    metrics::{self, Metrics},
     readiness::{Readiness, ReadinessPart},
     service::Service,
     setup::{Resources, Shared},
@@ -250,6 +251,7 @@ impl ServiceRunner {
         let shared = Shared::default();
         let mut resources = self.resources.clone();
         resources.insert(Arc::new(self.readiness.clone()));
+        let metrics_endpoint = MetricsEndpoint::bind(&self.config, &mut resources, &self.readiness).await?;
         self.started.not_ready("starting");
         let mut containers = Vec::with_capacity(self.services.len());
         let mut claimed = Vec::new();
@@ -291,6 +293,7 @@ impl ServiceRunner {
             stop_timeout: self.stop_timeout,
             readiness: self.readiness,
             started: self.started,
+            metrics_endpoint,
         })
     }
 
@@ -335,6 +338,54 @@ pub struct RunningServices {
     stop_timeout: Duration,
     readiness: Readiness,
     started: ReadinessPart,
+    metrics_endpoint: Option<MetricsEndpoint>,
+}
+
+/// The metrics endpoint a runner serves on `METRICS_ADDRESS` (see [`metrics`]).
+#[derive(Debug)]
+struct MetricsEndpoint {
+    address: SocketAddr,
+    /// Cancelled (also when dropped) to stop serving.
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl MetricsEndpoint {
+    /// Binds `METRICS_ADDRESS` and serves it, when it is set; the runner's [`Metrics`]
+    /// (the resource given, or a new one) goes into `resources` for the containers.
+    async fn bind(
+        config: &Config,
+        resources: &mut Resources,
+        readiness: &Readiness,
+    ) -> Result<Option<Self>, ContainerError> {
+        let Some(address) = metrics::address(config).map_err(ContainerError::Metrics)? else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(&address).await.map_err(|err| {
+            ContainerError::Metrics(format!(
+                "the metrics endpoint could not bind `{address}` (config `{}`): {err}",
+                metrics::METRICS_ADDRESS_KEY
+            ))
+        })?;
+        let local = listener.local_addr().map_err(|err| {
+            ContainerError::Metrics(format!(
+                "the metrics endpoint bound `{address}` but has no address: {err}"
+            ))
+        })?;
+        let registry = resources.get::<Metrics>().unwrap_or_default();
+        resources.insert(Arc::clone(&registry));
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(metrics::serve(
+            listener,
+            Metrics::clone(&registry),
+            readiness.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(address = %local, "metrics, health and readiness on http://{local}/metrics, /health, /ready");
+        Ok(Some(Self {
+            address: local,
+            _stop: stop.drop_guard(),
+        }))
+    }
 }
 
 impl RunningServices {
@@ -351,6 +402,13 @@ impl RunningServices {
     /// The runner's readiness (see [`ServiceRunner::readiness`]).
     pub fn readiness(&self) -> Readiness {
         self.readiness.clone()
+    }
+
+    /// Where the metrics endpoint listens, when `METRICS_ADDRESS` is set (with port 0,
+    /// as in tests, this is how to learn the port). It serves until the runner is
+    /// dropped, so a stop can still be watched there.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(|endpoint| endpoint.address)
     }
 
     /// Stops every service gracefully, waiting as long as workers run.

@@ -63,7 +63,7 @@ use yaml::{Locator, Raw, Resolver};
 
 /// The top-level keys Nameko itself reads, in their exact Nameko spelling, the few
 /// nameko-rs's command line adds (`MANAGEMENT_URI`, `LOG_STREAM`, `LOG_EXCHANGE`) and
-/// nameko-rs's `MAX_MESSAGE_SIZE`. They are looked up ignoring case.
+/// nameko-rs's `MAX_MESSAGE_SIZE` and `METRICS_ADDRESS`. They are looked up ignoring case.
 pub const KNOWN_KEYS: &[&str] = &[
     "AMQP_URI",
     "WEB_SERVER_ADDRESS",
@@ -88,6 +88,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "LOG_EXCHANGE",
     // nameko-rs's own, read by every message consumer.
     "MAX_MESSAGE_SIZE",
+    // nameko-rs's own, read by the runner (Prometheus metrics, health and readiness).
+    "METRICS_ADDRESS",
 ];
 
 /// Default of `max_workers`, also used when it is 0 or null.

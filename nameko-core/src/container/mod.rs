@@ -81,6 +81,9 @@ pub enum ContainerError {
         /// The methods it has.
         known: Vec<&'static str>,
     },
+    /// The metrics endpoint (`METRICS_ADDRESS`) is misconfigured or could not bind.
+    #[error("{0}")]
+    Metrics(String),
     /// Two services with one name were given to a runner.
     #[error("two services are named `{name}`{}", locations.as_ref().map(|(a, b)| format!(": one at {a}, one at {b}")).unwrap_or_default())]
     DuplicateService {
@@ -304,7 +307,8 @@ impl<S: Service> ServiceContainerBuilder<S> {
             declared.decls.retain(|d| only.iter().any(|m| m == d.method()));
         }
 
-        let core = Arc::new(Core::<S>::new(config.clone(), providers, instance.clone()));
+        let metrics = resources.get::<crate::metrics::Metrics>();
+        let core = Arc::new(Core::<S>::new(config.clone(), providers, instance.clone(), metrics));
         let mut entrypoints: Vec<BoundEntrypoint> = declared.decls.into_iter().map(|d| d.bind(&core)).collect();
         if let Some((index, err)) = entrypoints.iter().enumerate().find_map(|(index, ep)| {
             let limit = ep.info.max_workers()?;

@@ -14,6 +14,7 @@ use crate::{
     dependency::{Outcome, Providers, WorkerBuilder},
     entrypoint::{Deliver, Reserved, Spawner},
     error::{IntoHandlerError, SpawnError, WorkerError},
+    metrics::{EntrypointStats, Metrics},
     service::{Hook, Service},
     util::panic_message,
 };
@@ -101,10 +102,17 @@ pub(crate) struct Core<S: Service> {
     pub(crate) reports: broadcast::Sender<WorkerReport>,
     /// Which instance of the service this is (`2/3`), when a runner runs several.
     pub(crate) instance: Option<Arc<str>>,
+    /// The runner's metrics, when `METRICS_ADDRESS` is set.
+    pub(crate) metrics: Option<Arc<Metrics>>,
 }
 
 impl<S: Service> Core<S> {
-    pub(crate) fn new(config: Config, providers: S::Providers, instance: Option<Arc<str>>) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        providers: S::Providers,
+        instance: Option<Arc<str>>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let max_workers = config.max_workers();
         Self {
             config,
@@ -115,6 +123,7 @@ impl<S: Service> Core<S> {
             killed: CancellationToken::new(),
             reports: broadcast::channel(1024).0,
             instance,
+            metrics,
         }
     }
 
@@ -168,6 +177,8 @@ pub(crate) struct MethodSpawner<S: Service, H, Req, Resp, Fut, Err> {
     info: EntrypointInfo,
     own_permits: Option<Arc<Semaphore>>,
     handler: Arc<H>,
+    /// The entrypoint's numbers, when the runner counts.
+    stats: Option<Arc<EntrypointStats>>,
     _marker: PhantomData<fn(Req) -> (Resp, Fut, Err)>,
 }
 
@@ -182,11 +193,16 @@ where
             .max_workers()
             .filter(|&n| check_max_workers(n).is_ok())
             .map(|n| Arc::new(Semaphore::new(n)));
+        let stats = core
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.entrypoint(S::NAME, info.method(), info.kind()));
         Self {
             core,
             info,
             own_permits,
             handler: Arc::new(handler),
+            stats,
             _marker: PhantomData,
         }
     }
@@ -251,6 +267,10 @@ where
         // The span covers the whole task, the entrypoint's continuation (reply, ack) too,
         // so every line a worker logs names its service, entrypoint, call id and trace id.
         let span = worker_span(&core, &cx);
+        let stats = self.stats.clone();
+        if let Some(stats) = &stats {
+            stats.started();
+        }
         tokio::spawn(
             async move {
                 let Reserved { token, permits } = reserved;
@@ -263,7 +283,11 @@ where
                     result = lifecycle => result,
                 };
                 drop(permits);
-                log_finished(&result, started.elapsed());
+                let elapsed = started.elapsed();
+                if let Some(stats) = &stats {
+                    stats.finished(elapsed, result.is_ok());
+                }
+                log_finished(&result, elapsed);
                 if core.reports.receiver_count() > 0 {
                     let _ = core.reports.send(WorkerReport::new(&cx, &result));
                 }

@@ -808,7 +808,7 @@ impl Broker for AmqpBroker {
         Ok(())
     }
 
-    async fn publish(&self, message: Publish) -> Result<PublishOutcome, BrokerError> {
+    async fn publish(&self, mut message: Publish) -> Result<PublishOutcome, BrokerError> {
         let inner = &self.inner;
         let exchange = short("an exchange name", &message.exchange)?;
         let routing_key = short("a routing key", &message.routing_key)?;
@@ -820,10 +820,11 @@ impl Broker for AmqpBroker {
             mandatory: message.mandatory,
             immediate: false,
         };
+        // The routing key and properties are in lapin's form by now.
         let identity = message.mandatory.then(|| confirms::Identity {
             exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-            correlation_id: message.properties.correlation_id.clone(),
+            routing_key: std::mem::take(&mut message.routing_key),
+            correlation_id: message.properties.correlation_id.take(),
             body: message.body.clone(),
         });
         let attempt = async {

@@ -57,19 +57,12 @@ impl Probe {
             Self::Health => (StatusCode::OK, json!({"status": "alive"})),
             Self::Ready => {
                 let report = readiness.map(Readiness::report).unwrap_or_default();
-                if report.is_ready() {
-                    (StatusCode::OK, json!({"ready": true}))
+                let status = if report.is_ready() {
+                    StatusCode::OK
                 } else {
-                    let not_ready: Vec<_> = report
-                        .not_ready()
-                        .into_iter()
-                        .map(|(part, reason)| json!({"part": part, "reason": reason}))
-                        .collect();
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"ready": false, "not_ready": not_ready}),
-                    )
-                }
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, report.probe_json())
             }
         };
         let mut response = (status, Json(body)).into_response();

@@ -564,6 +564,53 @@ async fn health_and_ready_answer_probes_from_the_readiness() {
     running.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_from_metrics_address() {
+    let (running, addr, _log) = start("METRICS_ADDRESS: 127.0.0.1:0\n").await;
+    let metrics = running.metrics_address().expect("METRICS_ADDRESS is set");
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/teapot").await.status, 418);
+    }
+    let scraped = get(metrics, "/metrics").await;
+    assert_eq!(scraped.status, 200, "{scraped:?}");
+    assert_eq!(
+        scraped.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = String::from_utf8(scraped.body.clone()).unwrap();
+    let labels = r#"service="http_it",entrypoint="teapot",kind="http""#;
+    for line in [
+        format!("nameko_worker_requests_total{{{labels}}} 3"),
+        format!("nameko_worker_errors_total{{{labels}}} 0"),
+        format!("nameko_worker_duration_seconds_count{{{labels}}} 3"),
+        format!("nameko_workers_in_flight{{{labels}}} 0"),
+        "nameko_ready 1".to_owned(),
+        r#"nameko_readiness_part_ready{part="web server"} 1"#.to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line `{line}` in:\n{text}");
+    }
+    // The same probes as the web server's, for runners without HTTP entrypoints too.
+    let ready = get(metrics, "/ready").await;
+    assert_eq!((ready.status, ready.json().unwrap()), (200, json!({"ready": true})));
+    assert_eq!(get(metrics, "/health").await.status, 200);
+    assert_eq!(get(metrics, "/nothing").await.status, 404);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_metrics_address_fails_the_start_naming_the_key() {
+    let err = ServiceRunner::new(config("METRICS_ADDRESS: nowhere\n"))
+        .with_service::<NoHttp>()
+        .start()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config `METRICS_ADDRESS`") && err.contains("`nowhere` is not an address"),
+        "{err}"
+    );
+}
+
 #[derive(nameko::Dependencies)]
 pub(crate) struct NoHttp {}
 
