@@ -450,13 +450,28 @@ class PatchOnImport:
 
 
 def delete_reply_queues():
+    """Deletes the recorded reply queues, retrying a failed attempt; when that keeps
+    failing, says so and exits with status 3, so the test fails instead of leaving
+    queues behind unnoticed."""
     if not reply_queues:
         return
+    import time
     from kombu import Connection
     uri = json.loads(os.environ["NAMEKO_TEST_CONFIG"])["AMQP_URI"]
-    with Connection(uri) as connection:
-        for queue in reply_queues:
-            connection.default_channel.queue_delete(queue)
+    for attempt in range(5):
+        try:
+            with Connection(uri, connect_timeout=10) as connection:
+                channel = connection.default_channel
+                while reply_queues:
+                    channel.queue_delete(reply_queues[0])
+                    reply_queues.pop(0)
+            return
+        except Exception as error:
+            failure = error
+            time.sleep(0.5 * (attempt + 1))
+    sys.stderr.write("could not delete the reply queues %r: %r\n" % (reply_queues, failure))
+    sys.stderr.flush()
+    os._exit(3)
 
 
 sys.meta_path.insert(0, PatchOnImport())

@@ -19,17 +19,15 @@ use serde_json::{Value, json};
 
 use crate::support::{Seen, deps, eventually};
 
-/// The service whose events the ledgers handle (no such service runs: the tests
-/// publish its events themselves).
-const SOURCE: &str = "delivery_source";
-
 /// How many events each scenario publishes.
 const EVENTS: u64 = 300;
 
-/// A service recording every `event_type` event of [`SOURCE`] it handles, a little
-/// slowly, so that a loss or a stop falls while events are in flight.
+/// A service recording every `event_type` event of `source` it handles, a little
+/// slowly, so that a loss or a stop falls while events are in flight. No service
+/// `source` runs: the tests publish its events themselves; each ledger has a source of
+/// its own, so a test deletes its exchange without disturbing another.
 macro_rules! ledger {
-    ($svc:ident, $providers:ident, $name:literal, $event_type:literal) => {
+    ($svc:ident, $providers:ident, $name:literal, $source:literal, $event_type:literal) => {
         deps!($svc, $providers { seen: Dep<Seen> });
 
         impl Service for $svc {
@@ -38,7 +36,7 @@ macro_rules! ledger {
             fn entrypoints(e: &mut Entrypoints<Self>) {
                 e.add(
                     "record",
-                    EventHandler::<u64>::new(SOURCE, $event_type),
+                    EventHandler::<u64>::new($source, $event_type),
                     |w: $svc, id: u64| async move {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         w.seen.push("record", json!(id));
@@ -49,24 +47,37 @@ macro_rules! ledger {
         }
 
         impl $svc {
+            const SOURCE: &'static str = $source;
             const EVENT_TYPE: &'static str = $event_type;
 
             fn queue() -> String {
-                format!("evt-{SOURCE}-{}--{}.record", $event_type, $name)
+                format!("evt-{}-{}--{}.record", $source, $event_type, $name)
             }
         }
     };
 }
 
-ledger!(LossLedger, LossLedgerProviders, "delivery_loss", "through_loss");
-ledger!(StopLedger, StopLedgerProviders, "delivery_stop", "through_stop");
+ledger!(
+    LossLedger,
+    LossLedgerProviders,
+    "delivery_loss",
+    "delivery_loss_source",
+    "through_loss"
+);
+ledger!(
+    StopLedger,
+    StopLedgerProviders,
+    "delivery_stop",
+    "delivery_stop_source",
+    "through_stop"
+);
 
-/// Publishes events `0..EVENTS` of type `event_type` (confirmed, routed).
-async fn publish_events(broker: &dyn Broker, event_type: &str) {
+/// Publishes events `0..EVENTS` of `source` and type `event_type` (confirmed, routed).
+async fn publish_events(broker: &dyn Broker, source: &str, event_type: &str) {
     for id in 0..EVENTS {
         let outcome = broker
             .publish(Publish {
-                exchange: events_exchange(SOURCE),
+                exchange: events_exchange(source),
                 routing_key: event_type.to_owned(),
                 mandatory: true,
                 properties: Properties::json(Headers::new()),
@@ -135,7 +146,7 @@ async fn no_event_is_lost_across_a_connection_loss<S, R>(
     };
     // Started and stopped once: its queue is there to take the events.
     start().await.stop().await;
-    publish_events(&*publisher, LossLedger::EVENT_TYPE).await;
+    publish_events(&*publisher, LossLedger::SOURCE, LossLedger::EVENT_TYPE).await;
     let running = start().await;
     eventually("some events handled", || seen.count("record") >= 30).await;
     sever().await;
@@ -151,6 +162,7 @@ async fn no_event_is_lost_across_a_connection_loss<S, R>(
     );
     running.stop().await;
     let _ = publisher.delete_queue(&LossLedger::queue()).await;
+    let _ = publisher.delete_exchange(&events_exchange(LossLedger::SOURCE)).await;
 }
 
 /// A graceful stop while events are in flight, then a start: each event is handled
@@ -166,7 +178,7 @@ async fn every_event_is_handled_once_across_a_graceful_stop(broker: SharedBroker
     };
     // Started and stopped once: its queue is there to take the events.
     start().await.stop().await;
-    publish_events(&*broker, StopLedger::EVENT_TYPE).await;
+    publish_events(&*broker, StopLedger::SOURCE, StopLedger::EVENT_TYPE).await;
     let running: RunningServices = start().await;
     eventually("some events handled", || seen.count("record") >= 30).await;
     running.stop().await;
@@ -184,6 +196,7 @@ async fn every_event_is_handled_once_across_a_graceful_stop(broker: SharedBroker
     assert_eq!(handled(&seen).len(), EVENTS as usize);
     running.stop().await;
     let _ = broker.delete_queue(&StopLedger::queue()).await;
+    let _ = broker.delete_exchange(&events_exchange(StopLedger::SOURCE)).await;
 }
 
 /// A service echoing its argument and recording it.
