@@ -441,6 +441,7 @@ async fn the_binary_survives_a_flood_of_hostile_messages_within_its_memory() {
     )
     .await
     .unwrap();
+    rabbit.claim_queue(client.reply_queue());
     let greeting = client
         .call(
             "greeting",
