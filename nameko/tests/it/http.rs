@@ -527,15 +527,8 @@ async fn readiness_has_a_web_server_part_while_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_ready_answer_probes_from_the_readiness() {
-    let log = Arc::new(HookLog::default());
-    let web = WebServer::new();
-    let runner = ServiceRunner::new(config(""))
-        .resource(log)
-        .resource(Arc::new(web.clone()))
-        .with_service::<Web>();
-    let readiness = runner.readiness();
-    let running = runner.start().await.unwrap();
-    let addr = web.local_addr().expect("bound once started");
+    let (running, addr, _log) = start("").await;
+    let readiness = running.readiness();
 
     let health = get(addr, "/health").await;
     assert_eq!(health.status, 200, "{health:?}");
