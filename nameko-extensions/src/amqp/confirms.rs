@@ -8,8 +8,9 @@
 //! running service failing with `UnknownService` while the call to the missing one
 //! timed out).
 //!
-//! [`Confirms`] puts that right for one channel. Every publish is tracked from before
-//! it is sent ([`Confirms::reserve`]) until its confirm is read. Each confirm is polled
+//! [`Confirms`] puts that right for the channel mandatory publishes go on (the others
+//! have a channel of their own, where nothing is ever returned). Every publish on it is
+//! tracked from before it is sent ([`Confirms::reserve`]) until its confirm is read. Each confirm is polled
 //! with a waker of its own, which records the order lapin completes confirms in; a
 //! returned message a confirm carries goes to a pool, and a mandatory publish takes
 //! the one that matches it (exchange, routing key, correlation id and body). A mandatory
@@ -37,6 +38,16 @@ pub(crate) enum Confirmed {
     Returned { code: u16, text: String },
     /// The broker refused it.
     Nack,
+}
+
+impl From<Confirmation> for Confirmed {
+    /// The confirm of a publish that cannot be returned (not mandatory).
+    fn from(confirmation: Confirmation) -> Self {
+        match confirmation {
+            Confirmation::Nack(_) => Self::Nack,
+            Confirmation::Ack(_) | Confirmation::NotRequested => Self::Ack,
+        }
+    }
 }
 
 /// What identifies a mandatory publish's returned message.

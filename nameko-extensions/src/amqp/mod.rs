@@ -148,11 +148,13 @@ pub struct AmqpBroker {
 struct Inner {
     connection: Connection,
     uri: AmqpUri,
-    /// Held while a publish opens the publisher channel.
+    /// Held while a publish opens a publisher channel.
     publisher: AsyncMutex<()>,
-    /// The open publisher channel, read without waiting by every publish, and the
-    /// confirms of its publishes in flight.
-    publisher_open: Mutex<Option<(Channel, Arc<Confirms>)>>,
+    /// The open publisher channels, read without waiting by every publish: one for
+    /// publishes that are not mandatory (never returned, so their confirms are read as
+    /// lapin gives them), one for mandatory publishes, with [`Confirms`] matching
+    /// returned messages to them.
+    publisher_open: [Mutex<Option<(Channel, Arc<Confirms>)>>; 2],
     events: broadcast::Sender<ConnectionEvent>,
     /// Why the connection is down, while it is.
     down: Mutex<Option<String>>,
@@ -394,7 +396,7 @@ impl AmqpBroker {
             connection,
             uri: uri.clone(),
             publisher: AsyncMutex::new(()),
-            publisher_open: Mutex::new(None),
+            publisher_open: [Mutex::new(None), Mutex::new(None)],
             events: events.clone(),
             down: Mutex::new(None),
             losses: watch::Sender::new(0),
@@ -650,15 +652,16 @@ impl Inner {
         }
     }
 
-    /// The publisher channel in confirm mode: the open one without waiting (publishes
-    /// run side by side), or a new one, opened by one publish while the others wait.
-    async fn publisher_channel(&self) -> Result<(Channel, Arc<Confirms>), BrokerError> {
-        if let Some(channel) = self.open_publisher() {
+    /// The publisher channel in confirm mode for mandatory publishes or for the others:
+    /// the open one without waiting (publishes run side by side), or a new one, opened
+    /// by one publish while the others wait.
+    async fn publisher_channel(&self, mandatory: bool) -> Result<(Channel, Arc<Confirms>), BrokerError> {
+        if let Some(channel) = self.open_publisher(mandatory) {
             return Ok(channel);
         }
         let _opening = self.publisher.lock().await;
         // Another publish may have opened it while this one waited.
-        if let Some(channel) = self.open_publisher() {
+        if let Some(channel) = self.open_publisher(mandatory) {
             return Ok(channel);
         }
         let channel = self.connection.create_channel().await.map_err(|e| self.error(&e))?;
@@ -667,12 +670,14 @@ impl Inner {
             .await
             .map_err(|e| self.error(&e))?;
         let open = (channel, Arc::new(Confirms::default()));
-        *self.publisher_open.lock().unwrap_or_else(PoisonError::into_inner) = Some(open.clone());
+        *self.publisher_open[usize::from(mandatory)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(open.clone());
         Ok(open)
     }
 
-    fn open_publisher(&self) -> Option<(Channel, Arc<Confirms>)> {
-        self.publisher_open
+    fn open_publisher(&self, mandatory: bool) -> Option<(Channel, Arc<Confirms>)> {
+        self.publisher_open[usize::from(mandatory)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
@@ -828,17 +833,20 @@ impl Broker for AmqpBroker {
             body: message.body.clone(),
         });
         let attempt = async {
-            let (channel, confirms) = inner.publisher_channel().await?;
-            // Tracked before it is sent: see `confirms` for why.
-            let mut ticket = confirms.reserve(identity);
+            let (channel, confirms) = inner.publisher_channel(message.mandatory).await?;
+            // A mandatory publish is tracked before it is sent: see `confirms` for why.
+            let mut ticket = identity.map(|identity| confirms.reserve(Some(identity)));
             let confirmation = match channel
                 .basic_publish(exchange, routing_key, options, &message.body, properties)
                 .await
             {
-                Ok(confirm) => {
-                    ticket.sent(confirm);
-                    ticket.await
-                }
+                Ok(confirm) => match &mut ticket {
+                    Some(ticket) => {
+                        ticket.sent(confirm);
+                        ticket.await
+                    }
+                    None => confirm.await.map(Confirmed::from),
+                },
                 Err(error) => Err(error),
             };
             Ok::<_, BrokerError>(confirmation)
