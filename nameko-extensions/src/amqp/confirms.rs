@@ -19,7 +19,7 @@
 //! were still being sent when it learnt of its confirm.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -81,6 +81,8 @@ pub(crate) struct Confirms {
 struct State {
     next: u64,
     tracked: HashMap<u64, Tracked>,
+    /// The tracked publishes not sent yet.
+    unsent: BTreeSet<u64>,
     /// Returned messages read from confirms, not yet taken by their publish.
     returned: Vec<BasicReturnMessage>,
 }
@@ -89,8 +91,6 @@ struct State {
 struct Tracked {
     /// `None` while the publish is being sent, and once its confirm was read.
     confirm: Option<PublisherConfirm>,
-    /// Whether the confirm was attached (the publish was sent).
-    sent: bool,
     /// What the confirm said, once read (its returned message, if any, is in the pool).
     read: Option<Result<Confirmation, lapin::Error>>,
     /// Wakes the publish's task, after noting the confirm in `completed`.
@@ -134,6 +134,7 @@ impl Confirms {
         let mut state = lock(&self.state);
         let id = state.next;
         state.next += 1;
+        state.unsent.insert(id);
         let slot = Arc::new(Slot {
             id,
             completed: Arc::clone(&self.completed),
@@ -143,7 +144,6 @@ impl Confirms {
             id,
             Tracked {
                 confirm: None,
-                sent: false,
                 read: None,
                 waker: Waker::from(Arc::clone(&slot)),
                 slot,
@@ -199,7 +199,7 @@ impl State {
     /// Whether a publish tracked before `horizon` is still being sent: its confirm, once
     /// attached, may hold a returned message.
     fn sending_before(&self, horizon: u64) -> bool {
-        self.tracked.iter().any(|(&id, tracked)| id < horizon && !tracked.sent)
+        self.unsent.range(..horizon).next().is_some()
     }
 
     /// Wakes the publishes waiting for others to be sent.
@@ -216,6 +216,7 @@ impl State {
 
     fn forget(&mut self, id: u64) {
         self.tracked.remove(&id);
+        self.unsent.remove(&id);
         if self.tracked.is_empty() {
             // Nothing in flight can claim them: a message returned for a publish that
             // gave up.
@@ -243,8 +244,8 @@ impl Ticket {
         let mut state = lock(&self.confirms.state);
         if let Some(tracked) = state.tracked.get_mut(&self.id) {
             tracked.confirm = Some(confirm);
-            tracked.sent = true;
         }
+        state.unsent.remove(&self.id);
         state.poll_confirm(self.id);
         state.read_completed(&self.confirms.completed);
         state.wake_waiting();
