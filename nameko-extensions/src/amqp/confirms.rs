@@ -96,8 +96,8 @@ struct Tracked {
     /// Wakes the publish's task, after noting the confirm in `completed`.
     waker: Waker,
     slot: Arc<Slot>,
-    /// For a mandatory publish: what its returned message would look like.
-    identity: Option<Identity>,
+    /// What its returned message would look like.
+    identity: Identity,
     /// The publish gave up waiting (its future was dropped).
     abandoned: bool,
 }
@@ -128,9 +128,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Confirms {
-    /// Tracks a publish about to be sent; `identity` for a mandatory one. Call it
-    /// before `basic_publish`, and [`Ticket::sent`] with the confirm it gives.
-    pub(crate) fn reserve(self: &Arc<Self>, identity: Option<Identity>) -> Ticket {
+    /// Tracks a mandatory publish about to be sent, which `identity` describes. Call
+    /// it before `basic_publish`, and [`Ticket::sent`] with the confirm it gives.
+    pub(crate) fn reserve(self: &Arc<Self>, identity: Identity) -> Ticket {
         let mut state = lock(&self.state);
         let id = state.next;
         state.next += 1;
@@ -206,7 +206,6 @@ impl State {
     fn wake_waiting(&self) {
         for tracked in self.tracked.values() {
             if tracked.read.is_some()
-                && tracked.identity.is_some()
                 && let Some(task) = lock(&tracked.slot.task).as_ref()
             {
                 task.wake_by_ref();
@@ -286,26 +285,26 @@ impl Future for Ticket {
             Some(Ok(Confirmation::Nack(_))) => false,
             Some(Ok(_)) => true,
         };
-        let outcome = match &tracked.identity {
-            None if acked => Confirmed::Ack,
-            None => Confirmed::Nack,
-            Some(identity) => match state.returned.iter().position(|message| identity.matches(message)) {
-                Some(at) => {
-                    let message = state.returned.swap_remove(at);
-                    Confirmed::Returned {
-                        code: message.reply_code,
-                        text: message.reply_text.to_string(),
-                    }
+        let returned = state
+            .returned
+            .iter()
+            .position(|message| tracked.identity.matches(message));
+        let outcome = match returned {
+            Some(at) => {
+                let message = state.returned.swap_remove(at);
+                Confirmed::Returned {
+                    code: message.reply_code,
+                    text: message.reply_text.to_string(),
                 }
-                None => {
-                    // Its returned message may be in a confirm not attached yet.
-                    let horizon = *this.horizon.get_or_insert(state.next);
-                    if state.sending_before(horizon) {
-                        return Poll::Pending;
-                    }
-                    if acked { Confirmed::Ack } else { Confirmed::Nack }
+            }
+            None => {
+                // Its returned message may be in a confirm not attached yet.
+                let horizon = *this.horizon.get_or_insert(state.next);
+                if state.sending_before(horizon) {
+                    return Poll::Pending;
                 }
-            },
+                if acked { Confirmed::Ack } else { Confirmed::Nack }
+            }
         };
         this.finished = true;
         state.forget(this.id);

@@ -835,7 +835,7 @@ impl Broker for AmqpBroker {
         let attempt = async {
             let (channel, confirms) = inner.publisher_channel(message.mandatory).await?;
             // A mandatory publish is tracked before it is sent: see `confirms` for why.
-            let mut ticket = identity.map(|identity| confirms.reserve(Some(identity)));
+            let mut ticket = identity.map(|identity| confirms.reserve(identity));
             let confirmation = match channel
                 .basic_publish(exchange, routing_key, options, &message.body, properties)
                 .await
