@@ -224,38 +224,6 @@ fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Reads `METRICS_ADDRESS` (`[host:]port`, as `WEB_SERVER_ADDRESS`): `None` when unset
-/// or null.
-///
-/// # Errors
-///
-/// A value that is not an address, naming the key, where it was set and what was
-/// expected.
-pub(crate) fn address(config: &crate::Config) -> Result<Option<String>, String> {
-    let Some(value) = config.get(METRICS_ADDRESS_KEY) else {
-        return Ok(None);
-    };
-    if value.is_null() {
-        return Ok(None);
-    }
-    let text = value
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| value.as_u64().map(|port| port.to_string()))
-        .unwrap_or_default();
-    let text = text.trim();
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(Some(format!("0.0.0.0:{port}")));
-    }
-    match text.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(Some(text.to_owned())),
-        _ => Err(format!(
-            "config `{METRICS_ADDRESS_KEY}` ({}): `{text}` is not an address; expected `[host:]port`, e.g. `9100` or `127.0.0.1:9100`",
-            value.location()
-        )),
-    }
-}
-
 /// The metrics endpoint, serving until `stop` is cancelled.
 pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, readiness: Readiness, stop: CancellationToken) {
     loop {
@@ -434,7 +402,7 @@ mod tests {
 
     #[test]
     fn the_address_is_read_like_the_web_servers() {
-        let read = |yaml: &str| address(&crate::Config::from_yaml_str(yaml).unwrap());
+        let read = |yaml: &str| crate::Config::from_yaml_str(yaml).unwrap().address(METRICS_ADDRESS_KEY);
         assert_eq!(read("{}"), Ok(None));
         assert_eq!(read("METRICS_ADDRESS: null"), Ok(None));
         assert_eq!(read("METRICS_ADDRESS: 9100"), Ok(Some("0.0.0.0:9100".to_owned())));

@@ -357,7 +357,10 @@ impl MetricsEndpoint {
         resources: &mut Resources,
         readiness: &Readiness,
     ) -> Result<Option<Self>, ContainerError> {
-        let Some(address) = metrics::address(config).map_err(ContainerError::Metrics)? else {
+        let Some(address) = config
+            .address(metrics::METRICS_ADDRESS_KEY)
+            .map_err(ContainerError::Metrics)?
+        else {
             return Ok(None);
         };
         let listener = tokio::net::TcpListener::bind(&address).await.map_err(|err| {

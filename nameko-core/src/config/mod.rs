@@ -210,6 +210,31 @@ impl Config {
         self.inner.root.get(key)
     }
 
+    /// The top-level `[host:]port` value of `key` (Nameko's form, as
+    /// `WEB_SERVER_ADDRESS`; a bare port or number binds every interface): `None` when
+    /// unset or null.
+    ///
+    /// # Errors
+    ///
+    /// A value that is not an address, naming the key, where it was set and what was
+    /// expected.
+    pub fn address(&self, key: &str) -> Result<Option<String>, String> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        if value.is_null() {
+            return Ok(None);
+        }
+        let text = value
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| value.as_u64().map(|port| port.to_string()))
+            .unwrap_or_default();
+        parse_address(&text)
+            .map(Some)
+            .map_err(|message| format!("config `{key}` ({}): {message}", value.location()))
+    }
+
     /// The top-level string value of `key` (matched as by [`Config::get`]).
     ///
     /// # Errors
@@ -710,6 +735,25 @@ fn apply_override(
                 target.type_name(),
                 target.location()
             ),
+        )),
+    }
+}
+
+/// Reads Nameko's `[host:]port`: a bare port binds every interface (`8000` is
+/// `0.0.0.0:8000`).
+///
+/// # Errors
+///
+/// What is wrong with `value`, with examples of what is expected.
+pub fn parse_address(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(format!("0.0.0.0:{port}"));
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(value.to_owned()),
+        _ => Err(format!(
+            "`{value}` is not an address; expected `[host:]port`, e.g. `8000` or `127.0.0.1:8000`"
         )),
     }
 }

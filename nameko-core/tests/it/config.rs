@@ -747,3 +747,15 @@ fn keys_keep_file_order_then_defaults() {
     assert_eq!(keys.iter().filter(|k| **k == "serializer").count(), 1);
     assert!(keys.contains(&"AMQP_URI"));
 }
+
+#[test]
+fn addresses_are_nameko_style() {
+    use nameko_core::config::parse_address;
+    assert_eq!(parse_address("8000").unwrap(), "0.0.0.0:8000");
+    assert_eq!(parse_address("127.0.0.1:0").unwrap(), "127.0.0.1:0");
+    assert_eq!(parse_address("localhost:8080").unwrap(), "localhost:8080");
+    assert_eq!(parse_address("[::1]:8080").unwrap(), "[::1]:8080");
+    let err = parse_address("localhost").unwrap_err();
+    assert!(err.contains("`localhost` is not an address"), "{err}");
+    assert!(parse_address("host:99999").is_err());
+}

@@ -249,20 +249,10 @@ impl WebServer {
 
     fn read_settings(&self, cx: &SetupContext<'_>) -> Result<Settings, SetupError> {
         let config = cx.config();
-        let address = match config.get("WEB_SERVER_ADDRESS") {
-            None => nameko_core::config::DEFAULT_WEB_SERVER_ADDRESS.to_owned(),
-            Some(value) if value.is_null() => nameko_core::config::DEFAULT_WEB_SERVER_ADDRESS.to_owned(),
-            Some(value) => {
-                let text = value
-                    .as_str()
-                    .map(str::to_owned)
-                    .or_else(|| value.as_u64().map(|port| port.to_string()))
-                    .unwrap_or_default();
-                parse_address(&text).map_err(|message| {
-                    SetupError::new(format!("config `WEB_SERVER_ADDRESS` ({}): {message}", value.location()))
-                })?
-            }
-        };
+        let address = config
+            .address("WEB_SERVER_ADDRESS")
+            .map_err(SetupError::new)?
+            .unwrap_or_else(|| nameko_core::config::DEFAULT_WEB_SERVER_ADDRESS.to_owned());
         if let Some(limit) = byte_size(config, MAX_BODY_SIZE_KEY)? {
             self.inner.limit.0.store(limit, std::sync::atomic::Ordering::Relaxed);
         }
@@ -623,20 +613,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `[host:]port` as Nameko reads it: a port alone binds every interface.
-fn parse_address(value: &str) -> Result<String, String> {
-    let value = value.trim();
-    if let Ok(port) = value.parse::<u16>() {
-        return Ok(format!("0.0.0.0:{port}"));
-    }
-    match value.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(value.to_owned()),
-        _ => Err(format!(
-            "`{value}` is not an address; expected `[host:]port`, e.g. `8000` or `127.0.0.1:8000`"
-        )),
-    }
-}
-
 /// A path with its parameter names blanked (`/users/{}/{*}`), and the names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Shape {
@@ -729,17 +705,6 @@ pub(crate) fn byte_size(config: &nameko_core::Config, key: &str) -> Result<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_are_nameko_style() {
-        assert_eq!(parse_address("8000").unwrap(), "0.0.0.0:8000");
-        assert_eq!(parse_address("127.0.0.1:0").unwrap(), "127.0.0.1:0");
-        assert_eq!(parse_address("localhost:8080").unwrap(), "localhost:8080");
-        assert_eq!(parse_address("[::1]:8080").unwrap(), "[::1]:8080");
-        let err = parse_address("localhost").unwrap_err();
-        assert!(err.contains("`localhost` is not an address"), "{err}");
-        assert!(parse_address("host:99999").is_err());
-    }
 
     #[test]
     fn byte_sizes_are_positive_integers() {
