@@ -769,10 +769,10 @@ fn describe(timeout: Duration) -> String {
     format!("{}s", timeout.as_secs_f64())
 }
 
-/// Prints `err` as `error: ...`, or a remote error as `exc_type: value`; passwords
-/// masked.
+/// Prints `err` as `error: ...` followed by each of its causes its message does not
+/// already tell (`: cause`), or a remote error as `exc_type: value`; passwords masked.
 fn report(stderr: &mut dyn Write, err: &CliError) -> io::Result<()> {
-    let text = mask_secrets(&err.to_string());
+    let text = mask_secrets(&with_causes(err));
     match err {
         CliError::Rpc {
             error: RpcError::Remote(_),
@@ -781,6 +781,22 @@ fn report(stderr: &mut dyn Write, err: &CliError) -> io::Result<()> {
         _ => writeln!(stderr, "error: {text}"),
     }?;
     stderr.flush()
+}
+
+/// `err`'s message, then `: <cause>` for each cause in its chain that the text so far
+/// does not contain (many messages quote their cause already).
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let told = cause.to_string();
+        if !text.contains(&told) {
+            text.push_str(": ");
+            text.push_str(&told);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn load_config(args: &ConfigArgs) -> Result<Config, CliError> {
@@ -830,4 +846,28 @@ fn list(out: &mut (dyn Write + Send)) -> Result<(), CliError> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reported_error_tells_its_causes_once() {
+        let untold = nameko_core::SetupError::with_source(
+            "could not consume `rpc-x`",
+            io::Error::other("inequivalent arg 'x-queue-type'"),
+        );
+        assert_eq!(
+            with_causes(&untold),
+            "could not consume `rpc-x`: inequivalent arg 'x-queue-type'"
+        );
+        let told = CliError::Resources(Box::new(io::Error::other("no pool")));
+        let mut out = Vec::new();
+        report(&mut out, &told).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "error: the resources hook failed: no pool\n"
+        );
+    }
 }

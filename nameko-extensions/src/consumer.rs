@@ -31,8 +31,8 @@ use tokio_util::{
 };
 
 use crate::broker::{
-    AckOutcome, BrokerError, ConnectionEvent, ConsumeOptions, ConsumerControl, ConsumerEnd, Delivery, SharedBroker,
-    Topology,
+    AckOutcome, BrokerError, ConnectionEvent, ConsumeOptions, ConsumerControl, ConsumerEnd, Delivery, Queue, QueueType,
+    SharedBroker, Topology,
 };
 
 /// Logs what became of an acknowledgement of a `what` ("message", "event"): a stale
@@ -79,7 +79,8 @@ pub(crate) trait DeliveryHandler: Send + Sync + 'static {
 /// Consumes one queue for as long as it runs.
 pub(crate) struct QueueConsumer {
     broker: SharedBroker,
-    topology: Topology,
+    /// Changed only during setup ([`update_queue`](Self::update_queue)).
+    topology: Mutex<Topology>,
     queue: String,
     prefetch: AtomicU16,
     stopping: CancellationToken,
@@ -102,7 +103,7 @@ impl QueueConsumer {
         Arc::new(Self {
             readiness,
             broker,
-            topology,
+            topology: Mutex::new(topology),
             queue,
             prefetch: AtomicU16::new(prefetch),
             stopping: CancellationToken::new(),
@@ -127,8 +128,16 @@ impl QueueConsumer {
     }
 
     /// What it declares before consuming.
-    pub(crate) fn topology(&self) -> &Topology {
-        &self.topology
+    pub(crate) fn topology(&self) -> Topology {
+        self.topology.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes how the consumed queue is declared (before the consumer starts).
+    pub(crate) fn update_queue(&self, update: impl FnOnce(&mut Queue)) {
+        let mut topology = self.topology.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = topology.queues.iter_mut().find(|q| q.name == self.queue) {
+            update(queue);
+        }
     }
 
     /// Declares the topology and starts consuming; returns once the consumer is
@@ -147,7 +156,11 @@ impl QueueConsumer {
     }
 
     async fn subscribe(&self) -> Result<crate::broker::Consumer, BrokerError> {
-        self.broker.declare(&self.topology).await?;
+        let topology = self.topology();
+        self.broker
+            .declare(&topology)
+            .await
+            .map_err(|err| explain_queue_type(err, &topology))?;
         let consumer = self
             .broker
             .consume(&self.queue, ConsumeOptions::prefetch(self.prefetch()))
@@ -414,4 +427,39 @@ where
             );
         })
     }
+}
+
+/// Adds why to a declare refused for the queue's type: a queue's type is fixed when it is
+/// first declared, and Python Nameko (or any instance not asking for quorum) declares
+/// classic queues.
+pub(crate) fn explain_queue_type(err: BrokerError, topology: &Topology) -> BrokerError {
+    let BrokerError::PreconditionFailed(text) = &err else {
+        return err;
+    };
+    if !text.contains("inequivalent arg 'x-queue-type'") {
+        return err;
+    }
+    let Some(queue) = topology
+        .queues
+        .iter()
+        .find(|q| text.contains(&format!("queue '{}'", q.name)))
+    else {
+        return err;
+    };
+    let name = &queue.name;
+    let why = match queue.kind() {
+        QueueType::Quorum => format!(
+            "the queue `{name}` already exists as a classic queue, and a queue's type cannot change: it was declared by \
+             an instance that does not ask for a quorum queue — a Python Nameko instance (Nameko declares classic queues \
+             only) or an earlier version of this service. A quorum queue cannot be shared with classic instances: run \
+             every instance with queue_type = \"quorum\" and delete the queue once drained, or drop queue_type = \
+             \"quorum\" here"
+        ),
+        _ => format!(
+            "the queue `{name}` exists as a quorum queue (declared by an instance with queue_type = \"quorum\"), and \
+             this instance declares it classic, as Python Nameko instances do: a queue's type cannot change. Give this \
+             entrypoint queue_type = \"quorum\" too, or delete the queue once drained to make it classic again"
+        ),
+    };
+    BrokerError::PreconditionFailed(format!("{text}: {why}"))
 }

@@ -118,7 +118,8 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 /// - `#[event_handler("source", "event_type", ...)]`: one payload parameter. Options:
 ///   `handler_type = "service_pool" | "singleton" | "broadcast"`,
 ///   `reliable_delivery = bool`, `broadcast_identifier = "..."`,
-///   `requeue_on_error = bool`.
+///   `requeue_on_error = bool`, `retry(max = N, backoff = "1s..30s")`,
+///   `dead_letter = "exchange"`.
 /// - `#[consume(queue = "...", ...)]`: one message parameter, decoded from the JSON
 ///   body of each message of the queue (declared durable). Options: `exchange = "..."`
 ///   with `exchange_type = "direct" | "topic" | "fanout"` (default `direct`) and
@@ -129,6 +130,12 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 /// - Every entrypoint attribute but `#[entrypoint]` takes `max_workers = N` (N ≥ 1): at
 ///   most N workers of that entrypoint at once, within the container's `max_workers`
 ///   (`#[rpc(max_workers = 2)]`, `#[http("GET", "/", max_workers = 4)]`).
+/// - `#[rpc]`, `#[event_handler]` and `#[consume]` take `queue_type = "quorum"` (or
+///   `"classic"`, the default): the queue they consume is declared a quorum queue,
+///   replicated across a RabbitMQ cluster. Only for queues no Python Nameko instance
+///   shares (Nameko declares classic queues; the start fails saying so when the types
+///   differ); all `#[rpc]` methods of a service share `rpc-<service>`, so one of them
+///   giving it is enough.
 /// - `#[entrypoint(<expr>)]`: registers any `Entrypoint`; the method takes its request
 ///   as its one parameter, or none for `()`.
 /// - `#[ws_rpc]` (the facade's `ws` feature): called by websocket request frames on

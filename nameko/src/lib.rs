@@ -98,7 +98,7 @@ pub mod __private {
     #[cfg(feature = "ws")]
     pub use ::nameko_extensions::ws::WsRpcEntrypoint;
     pub use ::nameko_extensions::{
-        broker::{Exchange, ExchangeKind},
+        broker::{Exchange, ExchangeKind, QueueType},
         events::{Backoff, EventHandler, HandlerType, Retry},
         messaging::Consume,
         rpc::{

@@ -40,7 +40,7 @@ use tokio::sync::{broadcast, mpsc};
 pub(crate) use self::declared::Declared;
 pub use self::{
     headers::{FieldValue, Headers},
-    topology::{Binding, Exchange, ExchangeKind, Queue, Topology, topic_matches},
+    topology::{Binding, Exchange, ExchangeKind, Queue, QueueType, Topology, topic_matches},
 };
 
 /// The AMQP reply code of a message returned as unroutable.

@@ -10,7 +10,7 @@ use super::{
     retry::{OnFailure, Retry},
 };
 use crate::{
-    broker::{Binding as QueueBinding, Queue, Topology},
+    broker::{Binding as QueueBinding, Queue, QueueType, Topology},
     consumer::{JsonDeliveries, Payloads, QueueConsumer, entrypoint_prefetch},
     transport,
 };
@@ -86,6 +86,7 @@ pub struct EventHandler<Req, Resp = ()> {
     retry: Option<Retry>,
     dead_letter: Option<String>,
     max_workers: Option<usize>,
+    queue_type: QueueType,
     binding: Option<Binding<Req, Resp>>,
     consumer: Option<Arc<QueueConsumer>>,
     on_failure: Option<Arc<OnFailure>>,
@@ -107,6 +108,7 @@ impl<Req, Resp> EventHandler<Req, Resp> {
             retry: None,
             dead_letter: None,
             max_workers: None,
+            queue_type: QueueType::Classic,
             binding: None,
             consumer: None,
             on_failure: None,
@@ -197,12 +199,33 @@ impl<Req, Resp> EventHandler<Req, Resp> {
         self
     }
 
+    /// Declares the handler's queue with this type (default [`QueueType::Classic`]).
+    ///
+    /// [`QueueType::Quorum`] replicates the queue across a RabbitMQ cluster, so events
+    /// survive the loss of a node. Only a queue that outlives its consumers can be one:
+    /// a service pool or singleton handler, or a broadcast handler with reliable
+    /// delivery (a setup error otherwise). A queue's type is fixed when it is first
+    /// declared: a queue shared with Python Nameko instances (a service pool of the same
+    /// service, a singleton handler of any) is classic, and the start fails with an error
+    /// saying so when the queue exists with the other type.
+    ///
+    /// ```
+    /// use nameko_extensions::{broker::QueueType, events::EventHandler};
+    ///
+    /// let replicated = EventHandler::<serde_json::Value>::new("orders", "order_created").queue_type(QueueType::Quorum);
+    /// ```
+    #[must_use]
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
     /// The queue this handler consumes, its declare flags, for `service.method`.
     ///
     /// # Errors
     ///
     /// When a broadcast handler asks for reliable delivery without a broadcast
-    /// identifier.
+    /// identifier, or for a quorum queue without reliable delivery.
     pub fn queue(&self, service: &str, method: &str) -> Result<Queue, SetupError> {
         let (source, event_type) = (&self.source, &self.event_type);
         let (name, reliable) = match self.handler_type {
@@ -233,7 +256,27 @@ impl<Req, Resp> EventHandler<Req, Resp> {
             }
         };
         let exclusive = self.handler_type == HandlerType::Broadcast && !reliable;
-        Ok(Queue::durable(name).auto_delete(!reliable).exclusive(exclusive))
+        if self.queue_type == QueueType::Quorum && !reliable {
+            return Err(SetupError::new(format!(
+                "service `{service}`: the event handler `{method}` asks for a quorum queue, but without reliable \
+                 delivery its queue is deleted with its last consumer{}, which a quorum queue cannot be: set \
+                 reliable_delivery = true{}, or drop queue_type = \"quorum\"",
+                if exclusive {
+                    " and used by one connection only"
+                } else {
+                    ""
+                },
+                if self.handler_type == HandlerType::Broadcast {
+                    " with a broadcast_identifier"
+                } else {
+                    ""
+                },
+            )));
+        }
+        Ok(Queue::durable(name)
+            .auto_delete(!reliable)
+            .exclusive(exclusive)
+            .queue_type(self.queue_type))
     }
 }
 
@@ -249,6 +292,7 @@ impl<Req, Resp> fmt::Debug for EventHandler<Req, Resp> {
             .field("retry", &self.retry)
             .field("dead_letter", &self.dead_letter)
             .field("max_workers", &self.max_workers)
+            .field("queue_type", &self.queue_type)
             .finish_non_exhaustive()
     }
 }

@@ -52,6 +52,7 @@ pub(super) fn exchange_equivalent(current: &Exchange, new: &Exchange) -> Result<
 pub(super) fn queue_equivalent(current: &Queue, new: &Queue) -> Result<(), BrokerError> {
     same("durable", "queue", &new.name, new.durable, current.durable)?;
     same("auto_delete", "queue", &new.name, new.auto_delete, current.auto_delete)?;
+    queue_type_equivalent(current, new)?;
     for arg in CHECKED_QUEUE_ARGS {
         let (old, received) = (current.arguments.get(arg), new.arguments.get(arg));
         let same = match (old, received) {
@@ -69,6 +70,26 @@ pub(super) fn queue_equivalent(current: &Queue, new: &Queue) -> Result<(), Broke
         }
     }
     Ok(())
+}
+
+/// `x-queue-type`, compared by the type it gives (none is classic, so `classic` matches
+/// a queue declared without it), in RabbitMQ's words when they differ.
+fn queue_type_equivalent(current: &Queue, new: &Queue) -> Result<(), BrokerError> {
+    const ARG: &str = "x-queue-type";
+    if current.kind() == new.kind() {
+        return Ok(());
+    }
+    let (old, received) = (current.arguments.get(ARG), new.arguments.get(ARG));
+    let why = match (received, old) {
+        (Some(FieldValue::String(received)), Some(FieldValue::String(old))) => {
+            format!("received '{received}' but current is '{old}'")
+        }
+        _ => format!("received {} but current is {}", describe(received), describe(old)),
+    };
+    Err(BrokerError::PreconditionFailed(format!(
+        "inequivalent arg '{ARG}' for queue '{}' in vhost '{VHOST}': {why}",
+        new.name
+    )))
 }
 
 /// RabbitMQ compares argument values within a type class: any integer equals an equal
@@ -186,6 +207,25 @@ fn string_arg(queue: &str, args: &Headers, arg: &str) -> Result<Option<String>, 
 pub(super) fn queue_args(queue: &Queue) -> Result<QueueArgs, BrokerError> {
     let name = queue.name.as_str();
     let args = &queue.arguments;
+    match args.get("x-queue-type") {
+        None => {}
+        Some(FieldValue::String(t)) if t == "classic" => {}
+        Some(FieldValue::String(t)) if t == "quorum" => quorum_properties(queue)?,
+        Some(FieldValue::String(t)) => {
+            return Err(invalid_arg(
+                name,
+                "x-queue-type",
+                &format!("\"unsupported queue type '{t}'\""),
+            ));
+        }
+        Some(other) => {
+            return Err(invalid_arg(
+                name,
+                "x-queue-type",
+                &format!("unacceptable type '{}'", type_name(other)),
+            ));
+        }
+    }
     let dead_letter_exchange = string_arg(name, args, "x-dead-letter-exchange")?;
     let dead_letter_routing_key = string_arg(name, args, "x-dead-letter-routing-key")?;
     if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {
@@ -213,6 +253,27 @@ pub(super) fn queue_args(queue: &Queue) -> Result<QueueArgs, BrokerError> {
         dead_letter_routing_key,
         single_active_consumer,
     })
+}
+
+/// What a quorum queue cannot be, checked in RabbitMQ's order and words.
+fn quorum_properties(queue: &Queue) -> Result<(), BrokerError> {
+    let name = &queue.name;
+    if queue.arguments.get("x-max-priority").is_some() {
+        return Err(BrokerError::PreconditionFailed(format!(
+            "invalid arg 'x-max-priority' for queue '{name}' in vhost '{VHOST}' of queue type rabbit_quorum_queue"
+        )));
+    }
+    let invalid = [
+        (queue.auto_delete, "auto-delete"),
+        (queue.exclusive, "exclusive-owner"),
+        (!queue.durable, "non-durable"),
+    ];
+    match invalid.into_iter().find(|(bad, _)| *bad) {
+        Some((_, property)) => Err(BrokerError::PreconditionFailed(format!(
+            "invalid property '{property}' for queue '{name}' in vhost '{VHOST}'"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Parses a message's `expiration` property (milliseconds as a decimal string).

@@ -6,7 +6,7 @@ use nameko_core::{Binding, Entrypoint, Extension, SetupContext, SetupError};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    broker::{Binding as QueueBinding, Exchange, Queue, Topology},
+    broker::{Binding as QueueBinding, Exchange, Queue, QueueType, Topology},
     consumer::{JsonDeliveries, Payloads, QueueConsumer, entrypoint_prefetch},
     transport,
 };
@@ -77,6 +77,16 @@ impl<Req, Resp> Consume<Req, Resp> {
         self
     }
 
+    /// Declares the queue with this type (default [`QueueType::Classic`]): a quorum queue
+    /// is replicated across a RabbitMQ cluster and must be durable. A queue's type is
+    /// fixed when it is first declared: the start fails with an error saying so when
+    /// the queue exists with the other type (Python Nameko declares classic queues).
+    #[must_use]
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue = self.queue.queue_type(queue_type);
+        self
+    }
+
     /// Declares `exchange` and binds the queue to it with the
     /// [`routing_key`](Self::routing_key). Without one, the queue is reached through
     /// the default exchange, by its name.
@@ -113,11 +123,20 @@ impl<Req, Resp> Consume<Req, Resp> {
     ///
     /// # Errors
     ///
-    /// When the queue has no name, or the exchange is the default one (it cannot be
+    /// When the queue has no name, is a quorum queue that is not durable (or is
+    /// auto-delete or exclusive), or the exchange is the default one (it cannot be
     /// declared or bound to).
     pub fn topology(&self) -> Result<Topology, SetupError> {
         if self.queue.name.is_empty() {
             return Err(SetupError::new("the queue to consume has no name"));
+        }
+        let queue = &self.queue;
+        if queue.kind() == QueueType::Quorum && (!queue.durable || queue.auto_delete || queue.exclusive) {
+            return Err(SetupError::new(format!(
+                "the queue `{}` is to be a quorum queue, which must be durable and neither auto-delete nor exclusive: \
+                 drop `durable = false` (or the other flag), or drop queue_type = \"quorum\"",
+                queue.name
+            )));
         }
         let mut topology = Topology::new();
         if let Some(exchange) = &self.exchange {

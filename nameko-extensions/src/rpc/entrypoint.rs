@@ -22,8 +22,8 @@ use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 use super::{FromRpcArgs, RpcArgs, rpc_queue};
 use crate::{
     broker::{
-        Binding as QueueBinding, Delivery, Exchange, Headers, Properties, Publish, PublishOutcome, Queue, SharedBroker,
-        Topology,
+        Binding as QueueBinding, Delivery, Exchange, Headers, Properties, Publish, PublishOutcome, Queue, QueueType,
+        SharedBroker, Topology,
     },
     consumer::{DeliveryHandler, QueueConsumer, settle},
     context::context_from_headers,
@@ -123,6 +123,8 @@ pub(super) struct RpcConsumer {
     registered: Mutex<usize>,
     /// Whether some method has a `max_workers` of its own (see [`RpcConsumer::start`]).
     limited: std::sync::atomic::AtomicBool,
+    /// The queue type a method asked for, and the method: all must agree.
+    queue_type: Mutex<Option<(QueueType, &'static str)>>,
     /// The answer of the built-in introspection RPC
     /// ([`INSPECT_METHOD`](nameko_core::describe::INSPECT_METHOD)).
     description: Value,
@@ -155,12 +157,39 @@ impl RpcConsumer {
             started: tokio::sync::OnceCell::new(),
             registered: Mutex::new(0),
             limited: std::sync::atomic::AtomicBool::new(false),
+            queue_type: Mutex::new(None),
             description,
             max_message_size,
         }
     }
 
-    fn register(&self, method: &'static str, handler: Arc<dyn RpcMethod>, limited: bool) {
+    fn register(
+        &self,
+        method: &'static str,
+        handler: Arc<dyn RpcMethod>,
+        limited: bool,
+        queue_type: Option<QueueType>,
+    ) -> Result<(), SetupError> {
+        if let Some(wanted) = queue_type {
+            let mut chosen = self.queue_type.lock().unwrap_or_else(|p| p.into_inner());
+            match *chosen {
+                Some((current, other)) if current != wanted => {
+                    return Err(SetupError::new(format!(
+                        "service `{}`: the RPC methods `{other}` and `{method}` ask for different queue types \
+                         ({current} and {wanted}), but all of a service's RPC methods share one queue, `{}`: give \
+                         them the same queue_type, or give it on one method only",
+                        self.service,
+                        self.consumer.queue()
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    *chosen = Some((wanted, method));
+                    self.consumer
+                        .update_queue(|queue| *queue = queue.clone().queue_type(wanted));
+                }
+            }
+        }
         if limited {
             self.limited.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -169,6 +198,7 @@ impl RpcConsumer {
             .unwrap_or_else(|p| p.into_inner())
             .insert(method, handler);
         *self.registered.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Ok(())
     }
 
     /// Consumes, once every entrypoint of the service registered (the container sets
@@ -384,6 +414,7 @@ impl DeliveryHandler for Requests {
 /// no `reply_to`); it never runs.
 pub struct RpcEntrypoint<Req, Resp> {
     max_workers: Option<usize>,
+    queue_type: Option<QueueType>,
     binding: Option<Binding<Req, Resp>>,
     consumer: Option<Arc<RpcConsumer>>,
     _marker: PhantomData<fn(Req) -> Resp>,
@@ -394,10 +425,33 @@ impl<Req, Resp> RpcEntrypoint<Req, Resp> {
     pub const fn new() -> Self {
         Self {
             max_workers: None,
+            queue_type: None,
             binding: None,
             consumer: None,
             _marker: PhantomData,
         }
+    }
+
+    /// Declares the service's queue `rpc-<service>` with this type.
+    ///
+    /// [`QueueType::Quorum`] replicates the queue across a RabbitMQ cluster, so
+    /// requests survive the loss of a node. All of a service's RPC methods share the
+    /// queue: methods that give a type must give the same one (a setup error
+    /// otherwise), and one method giving it is enough. A queue's type is fixed when it
+    /// is first declared: a Python Nameko instance of the same service declares the
+    /// queue classic, so only a service no Python instance serves can have a quorum
+    /// queue. The start fails with an error saying so when the queue exists with the
+    /// other type; to change it, drain and delete the queue first.
+    ///
+    /// ```
+    /// use nameko_extensions::{broker::QueueType, rpc::RpcEntrypoint};
+    ///
+    /// let replicated = RpcEntrypoint::<(), String>::new().queue_type(QueueType::Quorum);
+    /// ```
+    #[must_use]
+    pub const fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = Some(queue_type);
+        self
     }
 
     /// Runs at most `max_workers` workers of this method at once (at least 1), within
@@ -432,6 +486,7 @@ impl<Req, Resp> fmt::Debug for RpcEntrypoint<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcEntrypoint")
             .field("max_workers", &self.max_workers)
+            .field("queue_type", &self.queue_type)
             .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
@@ -480,7 +535,7 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Extension for RpcEntryp
             )
         });
         let limited = binding.info().max_workers().is_some();
-        consumer.register(method, Arc::new(Method { binding }), limited);
+        consumer.register(method, Arc::new(Method { binding }), limited, self.queue_type)?;
         self.consumer = Some(consumer);
         Ok(())
     }

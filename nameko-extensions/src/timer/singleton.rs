@@ -89,7 +89,7 @@ impl Election {
             ))
         };
         self.broker
-            .declare(self.consumer_topology())
+            .declare(&self.consumer.topology())
             .await
             .map_err(|err| failed("declare it", &err))?;
         put_token(&self.broker, &self.queue)
@@ -112,10 +112,6 @@ impl Election {
             .map_err(|err| failed("consume it", &err))
     }
 
-    fn consumer_topology(&self) -> &Topology {
-        self.consumer.topology()
-    }
-
     /// After every recovery of this instance's connection, puts one more token in the
     /// queue. A lost connection can lose the token: the queue is auto-delete, so when
     /// every instance lost its connection (a broker restart) it is gone with its token;
@@ -125,7 +121,7 @@ impl Election {
     fn reseed_after_recoveries(&self) {
         let mut events = self.broker.events();
         let broker = Arc::clone(&self.broker);
-        let topology = self.consumer_topology().clone();
+        let topology = self.consumer.topology();
         let queue = self.queue.clone();
         let done = self.reseeding.clone();
         tokio::spawn(async move {

@@ -46,6 +46,8 @@ pub(crate) struct RpcAttr {
     attr: Attribute,
     name: Option<LitStr>,
     max_workers: Option<LitInt>,
+    /// `queue_type = "quorum"` (`#[rpc]` only): the literal and the `QueueType` variant.
+    queue_type: Option<(LitStr, &'static str)>,
 }
 
 pub(crate) struct ConsumeAttr {
@@ -57,6 +59,7 @@ pub(crate) struct ConsumeAttr {
     durable: Option<LitBool>,
     requeue_on_error: Option<LitBool>,
     max_workers: Option<LitInt>,
+    queue_type: Option<(LitStr, &'static str)>,
 }
 
 pub(crate) struct EventHandlerAttr {
@@ -70,6 +73,7 @@ pub(crate) struct EventHandlerAttr {
     retry: Option<RetryAttr>,
     dead_letter: Option<LitStr>,
     max_workers: Option<LitInt>,
+    queue_type: Option<(LitStr, &'static str)>,
 }
 
 /// `retry(max = 5, backoff = "1s..30s")`, checked: the backoff in nanoseconds.
@@ -210,12 +214,18 @@ fn ws_rpc(attr: &Attribute) -> syn::Result<RpcAttr> {
     named(attr, "ws_rpc")
 }
 
-/// `#[kind]` or `#[kind(name = "...", max_workers = N)]`.
+/// `#[kind]` or `#[kind(name = "...", max_workers = N)]`, and `queue_type` for `#[rpc]`.
 fn named(attr: &Attribute, kind: &str) -> syn::Result<RpcAttr> {
     let mut out = RpcAttr {
         attr: attr.clone(),
         name: None,
         max_workers: None,
+        queue_type: None,
+    };
+    let keys: &[&str] = if kind == "rpc" {
+        &["name", "max_workers", "queue_type"]
+    } else {
+        &["name", "max_workers"]
     };
     match &attr.meta {
         Meta::Path(_) => {}
@@ -226,7 +236,8 @@ fn named(attr: &Attribute, kind: &str) -> syn::Result<RpcAttr> {
                 match kv.name().as_str() {
                     "name" => out.name = Some(kv.str()?),
                     "max_workers" => out.max_workers = Some(kv.max_workers()?),
-                    _ => return Err(args::unknown_key(&kv, kind, &["name", "max_workers"])),
+                    "queue_type" if kind == "rpc" => out.queue_type = Some(queue_type(&kv)?),
+                    _ => return Err(args::unknown_key(&kv, kind, keys)),
                 }
             }
         }
@@ -240,6 +251,33 @@ fn named(attr: &Attribute, kind: &str) -> syn::Result<RpcAttr> {
     Ok(out)
 }
 
+/// `queue_type = "classic" | "quorum"`: the literal and the `QueueType` variant.
+fn queue_type(kv: &args::KeyValue) -> syn::Result<(LitStr, &'static str)> {
+    let lit = kv.str()?;
+    let variant = match lit.value().as_str() {
+        "classic" => "Classic",
+        "quorum" => "Quorum",
+        other => {
+            return Err(syn::Error::new_spanned(
+                &lit,
+                format!("unknown queue_type `{other}`; expected \"classic\" or \"quorum\""),
+            ));
+        }
+    };
+    Ok((lit, variant))
+}
+
+/// `.queue_type(QueueType::Variant)`, or nothing.
+fn queue_type_option(p: &TokenStream, queue_type: Option<&(LitStr, &'static str)>) -> TokenStream {
+    match queue_type {
+        Some((lit, variant)) => {
+            let variant = Ident::new(variant, lit.span());
+            quote!(.queue_type(#p::QueueType::#variant))
+        }
+        None => TokenStream::new(),
+    }
+}
+
 const HANDLER_KEYS: &[&str] = &[
     "handler_type",
     "reliable_delivery",
@@ -248,6 +286,7 @@ const HANDLER_KEYS: &[&str] = &[
     "retry",
     "dead_letter",
     "max_workers",
+    "queue_type",
 ];
 
 const RETRY_USAGE: &str = "write `retry(max = 5, backoff = \"1s..30s\")` (the delay doubles from 1s up to 30s) or \
@@ -385,6 +424,7 @@ fn event_handler(attr: &Attribute) -> syn::Result<EventHandlerAttr> {
         retry: None,
         dead_letter: None,
         max_workers: None,
+        queue_type: None,
     };
     let mut seen = Seen::default();
     for kv in rest {
@@ -423,6 +463,7 @@ fn event_handler(attr: &Attribute) -> syn::Result<EventHandlerAttr> {
                 out.dead_letter = Some(lit);
             }
             "max_workers" => out.max_workers = Some(kv.max_workers()?),
+            "queue_type" => out.queue_type = Some(queue_type(&kv)?),
             _ => return Err(args::unknown_key(&kv, "event_handler", HANDLER_KEYS)),
         }
     }
@@ -447,10 +488,11 @@ const CONSUME_KEYS: &[&str] = &[
     "durable",
     "requeue_on_error",
     "max_workers",
+    "queue_type",
 ];
 
 /// `#[consume(queue = "...", exchange = "...", exchange_type = "topic", routing_key = "...",
-/// durable = bool, requeue_on_error = bool, max_workers = N)]`.
+/// durable = bool, requeue_on_error = bool, max_workers = N, queue_type = "quorum")]`.
 fn consume(attr: &Attribute) -> syn::Result<ConsumeAttr> {
     const USAGE: &str = "write #[consume(queue = \"name\")], with options such as `exchange = \"orders\"`, \
                          `routing_key = \"order.*\"`, `requeue_on_error = true`";
@@ -465,6 +507,7 @@ fn consume(attr: &Attribute) -> syn::Result<ConsumeAttr> {
     let mut durable = None;
     let mut requeue_on_error = None;
     let mut max_workers = None;
+    let mut queue_type_attr = None;
     let mut seen = Seen::default();
     for kv in args::parse_list(list.tokens.clone())? {
         seen.first(&kv)?;
@@ -507,6 +550,7 @@ fn consume(attr: &Attribute) -> syn::Result<ConsumeAttr> {
             "durable" => durable = Some(kv.bool()?),
             "requeue_on_error" => requeue_on_error = Some(kv.bool()?),
             "max_workers" => max_workers = Some(kv.max_workers()?),
+            "queue_type" => queue_type_attr = Some(queue_type(&kv)?),
             _ => return Err(args::unknown_key(&kv, "consume", CONSUME_KEYS)),
         }
     }
@@ -540,6 +584,7 @@ fn consume(attr: &Attribute) -> syn::Result<ConsumeAttr> {
         durable,
         requeue_on_error,
         max_workers,
+        queue_type: queue_type_attr,
     })
 }
 
@@ -626,7 +671,8 @@ impl EntrypointAttr {
             Self::Rpc(attr) => {
                 let entrypoint = args::respan(quote!(#p::RpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
                 let limit = limit(attr.max_workers.as_ref());
-                args_entrypoint(method, &p, &name, &add, &ok, &quote!(#entrypoint #limit))
+                let queue_type = queue_type_option(&p, attr.queue_type.as_ref());
+                args_entrypoint(method, &p, &name, &add, &ok, &quote!(#entrypoint #limit #queue_type))
             }
             Self::WsRpc(attr) => ws_rpc_entrypoint(cx, method, &p, &name, &add, &ok, attr.max_workers.as_ref())?,
             Self::Consume(attr) => attr.expand(cx, method, &p, &name, &add, &ok)?,
@@ -679,6 +725,7 @@ impl EntrypointAttr {
                     options.push(quote!(.dead_letter(#exchange)));
                 }
                 options.push(limit(attr.max_workers.as_ref()));
+                options.push(queue_type_option(&p, attr.queue_type.as_ref()));
                 let handler = method.handler(&p, quote!(payload: #ty), quote!(payload));
                 let event_handler = args::respan(quote!(#p::EventHandler::<#ty, #ok>), ty.span());
                 let event_handler = quote!(#event_handler::new(#source, #event_type));
@@ -862,6 +909,7 @@ impl ConsumeAttr {
             options.push(quote!(.requeue_on_error(#value)));
         }
         options.push(limit(self.max_workers.as_ref()));
+        options.push(queue_type_option(p, self.queue_type.as_ref()));
         let handler = method.handler(p, quote!(message: #ty), quote!(message));
         let consume = args::respan(quote!(#p::Consume::<#ty, #ok>), ty.span());
         Some(quote! {

@@ -7,6 +7,7 @@ mod http;
 mod interop;
 mod macros;
 mod messaging;
+mod quorum;
 mod retry;
 mod standalone;
 mod timer;

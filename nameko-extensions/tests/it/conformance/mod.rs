@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use nameko_extensions::broker::{
     AckOutcome, Binding, BrokerError, ConnectionEvent, ConsumeOptions, Consumer, ConsumerEnd, Delivery, Exchange,
-    ExchangeKind, Headers, Properties, Publish, PublishOutcome, Queue, QueueInfo, SharedBroker, Topology,
+    ExchangeKind, FieldValue, Headers, Properties, Publish, PublishOutcome, Queue, QueueInfo, QueueType, SharedBroker,
+    Topology,
 };
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -55,6 +56,7 @@ macro_rules! conformance_suite {
             mandatory_returns,
             concurrent_returns_reach_their_own_publish,
             precondition_failed,
+            quorum_queues,
             competing_consumers,
             per_consumer_prefetch,
             ack_and_requeue_redelivered,
@@ -449,6 +451,87 @@ async fn precondition_failed(h: &dyn Harness) {
     assert!(info.queue.durable);
     assert_eq!(info.queue.ttl(), Some(Duration::from_secs(60)));
     cleanup(&b, &[&q], &[&x]).await;
+}
+
+/// A quorum queue carries messages like a classic one; its type cannot change on a
+/// redeclare (either way, in RabbitMQ's words), `classic` matches a queue declared
+/// without a type, and what a quorum queue cannot be is refused.
+async fn quorum_queues(h: &dyn Harness) {
+    let b = h.connect().await;
+    let (quorum, classic) = (h.unique("quorum"), h.unique("classic"));
+    declare(
+        &b,
+        Topology::new().queue(Queue::durable(&quorum).queue_type(QueueType::Quorum)),
+    )
+    .await;
+    declare(&b, Topology::new().queue(Queue::durable(&classic))).await;
+    declare(
+        &b,
+        Topology::new().queue(Queue::durable(&quorum).queue_type(QueueType::Quorum)),
+    )
+    .await;
+    let mut explicit = Queue::durable(&classic);
+    explicit
+        .arguments
+        .insert("x-queue-type", FieldValue::String("classic".to_owned()));
+    declare(&b, Topology::new().queue(explicit)).await;
+    assert_eq!(
+        queue_info(h, &quorum)
+            .await
+            .expect("the quorum queue exists")
+            .queue
+            .kind(),
+        QueueType::Quorum
+    );
+
+    let refused = [
+        (
+            Queue::durable(&classic).queue_type(QueueType::Quorum),
+            format!("inequivalent arg 'x-queue-type' for queue '{classic}'"),
+        ),
+        (
+            Queue::durable(&quorum),
+            format!("inequivalent arg 'x-queue-type' for queue '{quorum}'"),
+        ),
+    ];
+    for (queue, expected) in refused {
+        let result = b.declare(&Topology::new().queue(queue.clone())).await;
+        assert!(
+            matches!(&result, Err(BrokerError::PreconditionFailed(text)) if text.contains(&expected)),
+            "{queue:?}: {result:?}"
+        );
+    }
+    let invalid = h.unique("invalid");
+    let cases = [
+        (
+            Queue::durable(&invalid).auto_delete(true),
+            "invalid property 'auto-delete'",
+        ),
+        (
+            Queue::durable(&invalid).exclusive(true),
+            "invalid property 'exclusive-owner'",
+        ),
+        (transient(&invalid), "invalid property 'non-durable'"),
+    ];
+    for (queue, expected) in cases {
+        let queue = queue.queue_type(QueueType::Quorum);
+        let result = b.declare(&Topology::new().queue(queue.clone())).await;
+        assert!(
+            matches!(&result, Err(BrokerError::PreconditionFailed(text)) if text.contains(expected)),
+            "{queue:?}: {result:?}"
+        );
+    }
+
+    // Messages go through a quorum queue with per-message TTL (as RPC requests carry).
+    let mut consumer = b.consume(&quorum, ConsumeOptions::prefetch(5)).await.expect("consume");
+    let mut publish = message("", &quorum, "through quorum");
+    publish.properties.expiration = Some("60000".to_owned());
+    assert_eq!(b.publish(publish).await, Ok(PublishOutcome::Routed));
+    let delivery = next(&mut consumer).await;
+    assert_eq!(&delivery.body[..], b"through quorum");
+    assert!(matches!(delivery.ack().await, Ok(AckOutcome::Done)));
+    drop(consumer);
+    cleanup(&b, &[&quorum, &classic], &[]).await;
 }
 
 /// Consumers of one queue share its messages, each delivered once.

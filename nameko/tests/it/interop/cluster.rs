@@ -146,3 +146,58 @@ async fn a_three_hop_chain_mixes_both_languages() {
     running.stop().await;
     t.finish(vec![python], None).await;
 }
+
+/// The same service, asking for a quorum queue.
+#[derive(Debug, nameko::Dependencies)]
+pub(crate) struct QuorumRust {}
+
+#[nameko::service(name = "interop_qq_shared")]
+impl QuorumRust {
+    #[rpc(queue_type = "quorum")]
+    async fn which(&self) -> Result<&'static str, RemoteError> {
+        Ok("rust")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_rpc_queue_cannot_join_a_python_service() {
+    let Some(t) = Interop::new().await else { return };
+    t.rabbit.claim_service("interop_qq_shared");
+    // Python Nameko declares `rpc-interop_qq_shared` classic; a quorum queue of the same
+    // name cannot be declared beside it, and the start says why.
+    let python = t
+        .python_service(
+            "Shared",
+            &[("SHARED_NAME", "interop_qq_shared")],
+            &[("rpc-interop_qq_shared", 1)],
+        )
+        .await;
+    let err = match t.runner(Value::Null).with_service::<QuorumRust>().start().await {
+        Ok(running) => {
+            running.stop().await;
+            panic!("a quorum declare of Python's classic queue succeeded");
+        }
+        Err(err) => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    };
+    assert!(
+        err.contains("inequivalent arg 'x-queue-type' for queue 'rpc-interop_qq_shared'")
+            && err.contains("already exists as a classic queue")
+            && err.contains("a Python Nameko instance (Nameko declares classic queues only)"),
+        "{err}"
+    );
+    // The Python instance goes on serving from its classic queue.
+    let rpc = t.cluster_rpc().await;
+    assert_eq!(
+        rpc.call("interop_qq_shared", "which", json!([])).await.unwrap(),
+        "python"
+    );
+    t.finish(vec![python], Some(rpc)).await;
+}
