@@ -772,13 +772,12 @@ fn describe(timeout: Duration) -> String {
 /// Prints `err` as `error: ...` followed by each of its causes its message does not
 /// already tell (`: cause`), or a remote error as `exc_type: value`; passwords masked.
 fn report(stderr: &mut dyn Write, err: &CliError) -> io::Result<()> {
-    let text = mask_secrets(&with_causes(err));
     match err {
         CliError::Rpc {
             error: RpcError::Remote(_),
             ..
-        } => writeln!(stderr, "{text}"),
-        _ => writeln!(stderr, "error: {text}"),
+        } => writeln!(stderr, "{}", mask_secrets(&err.to_string())),
+        _ => writeln!(stderr, "error: {}", mask_secrets(&with_causes(err))),
     }?;
     stderr.flush()
 }

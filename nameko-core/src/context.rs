@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::{Map, Value};
 
-use crate::config::Config;
+use crate::{config::Config, redact::CallArgs};
 
 /// The context-data key under which parents' call ids travel.
 pub const CALL_ID_STACK_KEY: &str = "call_id_stack";
@@ -25,6 +25,7 @@ pub struct EntrypointInfo {
     method: &'static str,
     kind: &'static str,
     max_workers: Option<usize>,
+    sensitive_arguments: &'static [&'static str],
 }
 
 impl EntrypointInfo {
@@ -34,7 +35,21 @@ impl EntrypointInfo {
             method,
             kind,
             max_workers: None,
+            sensitive_arguments: &[],
         }
+    }
+
+    /// Names the arguments whose values logs and monitoring must not show (see
+    /// [`redact`](crate::redact)).
+    #[must_use]
+    pub const fn with_sensitive_arguments(mut self, paths: &'static [&'static str]) -> Self {
+        self.sensitive_arguments = paths;
+        self
+    }
+
+    /// The paths of the arguments whose values are redacted (see [`redact`](crate::redact)).
+    pub const fn sensitive_arguments(&self) -> &'static [&'static str] {
+        self.sensitive_arguments
     }
 
     /// Limits how many workers of this entrypoint run at once, within the container's
@@ -68,7 +83,10 @@ impl EntrypointInfo {
 /// Well-known keys have accessors (`user_id`, `language`, `auth_token`,
 /// `user_agent`, `trace_id`); any other key is reached with [`get`](Self::get). The
 /// parents' call ids travel under [`CALL_ID_STACK_KEY`] as an array of strings.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// Its `Debug` shows `auth_token` as `********`, so that logging a context (or a
+/// [`WorkerContext`]) with `{:?}` never prints the token.
+#[derive(Clone, Default, PartialEq)]
 pub struct ContextData {
     values: Map<String, Value>,
 }
@@ -235,6 +253,7 @@ struct Inner {
     data: ContextData,
     config: Config,
     extensions: Extensions,
+    args: Option<Box<dyn CallArgs>>,
 }
 
 impl WorkerContext {
@@ -247,9 +266,22 @@ impl WorkerContext {
     pub fn new(
         service_name: &'static str,
         entrypoint: EntrypointInfo,
+        data: ContextData,
+        config: Config,
+        extensions: Extensions,
+    ) -> Self {
+        Self::with_call_args(service_name, entrypoint, data, config, extensions, None)
+    }
+
+    /// Like [`new`](Self::new), with the call's arguments (see
+    /// [`redacted_arguments`](Self::redacted_arguments)).
+    pub fn with_call_args(
+        service_name: &'static str,
+        entrypoint: EntrypointInfo,
         mut data: ContextData,
         config: Config,
         extensions: Extensions,
+        args: Option<Box<dyn CallArgs>>,
     ) -> Self {
         let parents: Vec<String> = match data.remove(CALL_ID_STACK_KEY) {
             Some(Value::Array(items)) => items
@@ -288,8 +320,20 @@ impl WorkerContext {
                 data,
                 config,
                 extensions,
+                args,
             }),
         }
+    }
+
+    /// The call's arguments by parameter name with the entrypoint's
+    /// [sensitive arguments](EntrypointInfo::sensitive_arguments) replaced by
+    /// [`REDACTED`](crate::redact::REDACTED) — Nameko's `get_redacted_args`. `None` when
+    /// the entrypoint handed none (HTTP, timers, hooks). Decoded on each call: for logs
+    /// and monitoring, not for the handler.
+    pub fn redacted_arguments(&self) -> Option<Value> {
+        let mut arguments = self.inner.args.as_ref()?.arguments()?;
+        crate::redact::redact(&mut arguments, self.inner.entrypoint.sensitive_arguments());
+        Some(Value::Object(arguments))
     }
 
     /// The service's name.
@@ -348,6 +392,20 @@ impl WorkerContext {
     /// Values the entrypoint attached to this call.
     pub fn extensions(&self) -> &Extensions {
         &self.inner.extensions
+    }
+}
+
+impl fmt::Debug for ContextData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (key, value) in &self.values {
+            if key == "auth_token" {
+                map.entry(key, &crate::redact::REDACTED);
+            } else {
+                map.entry(key, value);
+            }
+        }
+        map.finish()
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::{
     context::{ContextData, EntrypointInfo, Extensions, WorkerContext},
     error::{SetupError, SpawnError, WorkerError},
+    redact::CallArgs,
     setup::SetupContext,
 };
 
@@ -71,6 +72,13 @@ pub trait Entrypoint: Extension {
     fn max_workers(&self) -> Option<usize> {
         None
     }
+
+    /// The paths of the arguments logs and monitoring must not show (Nameko's
+    /// `sensitive_arguments`): `password`, `payload.card_number`, `items[0]` — see
+    /// [`redact`](crate::redact). The default: none.
+    fn sensitive_arguments(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// A worker slot held for one worker: the container's tracker token and the permits.
@@ -91,6 +99,13 @@ pub(crate) enum Deliver<Resp> {
     Then(Then<Resp>),
 }
 
+/// What a worker is started with beside its request.
+pub(crate) struct Call {
+    pub(crate) data: ContextData,
+    pub(crate) extensions: Extensions,
+    pub(crate) args: Option<Box<dyn CallArgs>>,
+}
+
 /// Starts workers of one method.
 pub(crate) trait Spawner<Req, Resp>: Send + Sync {
     /// A worker slot without waiting, when one is free (or the refusal when the
@@ -101,14 +116,7 @@ pub(crate) trait Spawner<Req, Resp>: Send + Sync {
     fn reserve(&self) -> Pin<Box<dyn Future<Output = Result<Reserved, SpawnError>> + Send + '_>>;
 
     /// Starts a worker in a reserved slot; returns its context.
-    fn start(
-        &self,
-        reserved: Reserved,
-        request: Req,
-        data: ContextData,
-        extensions: Extensions,
-        deliver: Deliver<Resp>,
-    ) -> WorkerContext;
+    fn start(&self, reserved: Reserved, request: Req, call: Call, deliver: Deliver<Resp>) -> WorkerContext;
 }
 
 /// An entrypoint's handle on its container: starts workers of the bound method.
@@ -192,6 +200,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Binding<Req, Resp> {
         Ok(WorkerSlot {
             spawner: Arc::clone(&self.spawner),
             reserved,
+            args: None,
         })
     }
 
@@ -219,9 +228,19 @@ impl<Req, Resp> fmt::Debug for Binding<Req, Resp> {
 pub struct WorkerSlot<Req, Resp> {
     spawner: Arc<dyn Spawner<Req, Resp>>,
     reserved: Reserved,
+    args: Option<Box<dyn CallArgs>>,
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> WorkerSlot<Req, Resp> {
+    /// Hands the worker the call's arguments, as logs and monitoring see them (see
+    /// [`WorkerContext::redacted_arguments`](crate::WorkerContext::redacted_arguments)):
+    /// they are decoded only when read.
+    #[must_use]
+    pub fn call_args(mut self, args: impl CallArgs) -> Self {
+        self.args = Some(Box::new(args));
+        self
+    }
+
     /// Starts the worker for `request`, in a task the container owns.
     pub fn start(self, request: Req, data: ContextData) -> WorkerHandle<Resp> {
         self.start_with(request, data, Extensions::new())
@@ -231,9 +250,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> WorkerSlot<Req, Resp> {
     /// read from [`WorkerContext::extensions`](crate::WorkerContext::extensions).
     pub fn start_with(self, request: Req, data: ContextData, extensions: Extensions) -> WorkerHandle<Resp> {
         let (tx, rx) = oneshot::channel();
-        let cx = self
-            .spawner
-            .start(self.reserved, request, data, extensions, Deliver::Handle(tx));
+        let call = Call {
+            data,
+            extensions,
+            args: self.args,
+        };
+        let cx = self.spawner.start(self.reserved, request, call, Deliver::Handle(tx));
         WorkerHandle { cx, rx }
     }
 
@@ -262,8 +284,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> WorkerSlot<Req, Resp> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let then: Then<Resp> = Box::new(move |result| Box::pin(then(result)));
-        self.spawner
-            .start(self.reserved, request, data, extensions, Deliver::Then(then));
+        let call = Call {
+            data,
+            extensions,
+            args: self.args,
+        };
+        self.spawner.start(self.reserved, request, call, Deliver::Then(then));
     }
 }
 

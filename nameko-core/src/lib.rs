@@ -34,6 +34,7 @@ mod extension;
 pub mod ids;
 pub mod metrics;
 mod readiness;
+pub mod redact;
 #[cfg(feature = "registry")]
 pub mod registry;
 mod runner;

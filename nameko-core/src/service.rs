@@ -261,6 +261,7 @@ where
         if let Some(limit) = entrypoint.max_workers() {
             info = info.with_max_workers(limit);
         }
+        info = info.with_sensitive_arguments(entrypoint.sensitive_arguments());
         let spawner = MethodSpawner::new(Arc::clone(core), info.clone(), handler);
         let binding: Binding<E::Request, E::Response> = Binding {
             info: info.clone(),

@@ -20,7 +20,10 @@ use std::{
     time::Duration,
 };
 
-use nameko_core::{Readiness, ReadinessPart, SetupContext};
+use nameko_core::{
+    Readiness, ReadinessPart, SetupContext,
+    redact::{CallArgs, bind_arguments},
+};
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     task::JoinHandle,
@@ -355,6 +358,26 @@ pub(crate) struct JsonDeliveries<Req, Resp> {
     pub(crate) requeue_on_error: bool,
     pub(crate) on_failure: Option<Arc<crate::events::retry::OnFailure>>,
     pub(crate) max_message_size: usize,
+    /// The method's payload parameter, as logs and sensitive argument paths name it.
+    pub(crate) parameter: &'static str,
+}
+
+/// One JSON payload as a call's arguments, `{<parameter>: payload}`: kept as the body
+/// and decoded only when logs or monitoring read it.
+struct PayloadArgs {
+    body: bytes::Bytes,
+    parameter: &'static str,
+}
+
+impl CallArgs for PayloadArgs {
+    fn arguments(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let payload = serde_json::from_slice(&self.body).ok()?;
+        Some(bind_arguments(
+            &[self.parameter],
+            vec![payload],
+            serde_json::Value::Null,
+        ))
+    }
 }
 
 impl<Req, Resp> DeliveryHandler for JsonDeliveries<Req, Resp>
@@ -373,6 +396,7 @@ where
         let requeue_on_error = self.requeue_on_error;
         let on_failure = self.on_failure.clone();
         let max_message_size = self.max_message_size;
+        let parameter = self.parameter;
         Box::pin(async move {
             let noun = payloads.noun();
             let reject = |why: fmt::Arguments<'_>| {
@@ -404,6 +428,10 @@ where
             let Some(slot) = crate::slot::reserve_unless_stopped(&binding, &stopping).await else {
                 return settle(delivery.nack(true).await, noun);
             };
+            let slot = slot.call_args(PayloadArgs {
+                body: delivery.body.clone(),
+                parameter,
+            });
             // Settled in the worker's own task, once it finished.
             slot.start_then(
                 request,

@@ -77,6 +77,28 @@ impl KeyValue {
         }
     }
 
+    /// The value as an array of string literals: `key = ["a", "b"]`.
+    pub(crate) fn str_list(&self) -> syn::Result<Vec<LitStr>> {
+        let usage = || {
+            format!(
+                "`{}` takes a list of strings: `{} = [\"a\", \"b\"]`",
+                self.name(),
+                self.name()
+            )
+        };
+        let Expr::Array(array) = self.value_or_err()? else {
+            return Err(syn::Error::new_spanned(self.value_or_err()?, usage()));
+        };
+        array
+            .elems
+            .iter()
+            .map(|elem| match elem {
+                Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => Ok(lit.clone()),
+                other => Err(syn::Error::new_spanned(other, usage())),
+            })
+            .collect()
+    }
+
     /// The value as a boolean literal.
     pub(crate) fn bool(&self) -> syn::Result<LitBool> {
         match self.lit()? {

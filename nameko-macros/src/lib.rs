@@ -136,6 +136,11 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 ///   shares (Nameko declares classic queues; the start fails saying so when the types
 ///   differ); all `#[rpc]` methods of a service share `rpc-<service>`, so one of them
 ///   giving it is enough.
+/// - `#[rpc]`, `#[ws_rpc]`, `#[event_handler]` and `#[consume]` take `sensitive =
+///   ["password", "card.number", "items[0]"]` (Nameko's `sensitive_arguments`): paths
+///   starting with a parameter's name (a compile error otherwise), whose values the
+///   worker's log lines show as `********`. Those lines carry the call's arguments: a
+///   failure's, and DEBUG's `worker started`.
 /// - `#[entrypoint(<expr>)]`: registers any `Entrypoint`; the method takes its request
 ///   as its one parameter, or none for `()`.
 /// - `#[ws_rpc]` (the facade's `ws` feature): called by websocket request frames on

@@ -71,6 +71,36 @@ impl Ledger {
     }
 }
 
+/// Fails with secrets in its arguments, which it marks sensitive.
+#[derive(Debug, nameko::Dependencies)]
+struct Vault {
+    rpc: nameko::rpc::ClusterRpc,
+}
+
+#[nameko::service(name = "vault")]
+impl Vault {
+    /// Always refuses: the failure is logged with the call's arguments, `password` and
+    /// `card.number` redacted.
+    #[rpc(sensitive = ["password", "card.number"])]
+    async fn unlock(&self, user: String, password: String, card: serde_json::Value) -> Result<(), RemoteError> {
+        let _ = (password, card);
+        Err(RemoteError::new("Locked", format!("{user} may not unlock the vault")))
+    }
+
+    /// Calls `service.method`, which nobody serves: `UnknownService`.
+    #[rpc]
+    async fn forward(&self, service: String, method: String) -> Result<serde_json::Value, nameko::rpc::RpcError> {
+        self.rpc.call(&service, &method, serde_json::json!([])).await
+    }
+
+    /// Always fails: the failure is logged with the event, its `pin` redacted.
+    #[event_handler("vault_source", "deposit", sensitive = ["deposit.pin"])]
+    async fn deposit(&self, deposit: serde_json::Value) -> Result<(), RemoteError> {
+        let _ = deposit;
+        Err(RemoteError::new("Refused", "deposits are closed"))
+    }
+}
+
 fn main() -> ExitCode {
     nameko::cli::Cli::new().name("example-slow").main()
 }

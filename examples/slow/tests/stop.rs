@@ -5,127 +5,27 @@
 //! reliable delivery across `kill -9`: the events a killed process had not
 //! acknowledged are redelivered, so after a restart every event has been handled.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+mod common;
 
+use std::time::{Duration, Instant};
+
+use common::Service;
 use nameko::rpc::ClusterRpc;
 use nameko_testing::RabbitMq;
 use serde_json::json;
 
-/// The binary running one service against the test's RabbitMQ, its stderr collected.
-struct Service {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+/// The binary running `args` against the test's RabbitMQ, logging at INFO.
+fn start(rabbit: &RabbitMq, args: &[&str]) -> Service {
+    Service::start(&rabbit.url(), rabbit.rpc_exchange(), args, "info")
 }
 
-impl Service {
-    fn start(rabbit: &RabbitMq, args: &[&str]) -> Self {
-        let exchange = format!("rpc_exchange={}", rabbit.rpc_exchange());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_example-slow"))
-            .args(["run", "--broker", &rabbit.url(), "--define", &exchange])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("NAMEKO_LOG_FORMAT")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the example binary starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let reader = {
-            let log = Arc::clone(&log);
-            let stderr = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            })
-        };
-        Self {
-            child,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until `count` lines contain `text`.
-    async fn wait_for_lines(&self, text: &str, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let seen = self.log().iter().filter(|l| l.contains(text)).count();
-            if seen >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{seen} of {count} `{text}` lines in 60 s; log: {:#?}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The ids of the `recorded <id>` lines logged so far.
-    fn recorded(&self) -> Vec<u64> {
-        self.log()
-            .iter()
-            .filter_map(|line| line.rsplit_once("recorded ").and_then(|(_, id)| id.trim().parse().ok()))
-            .collect()
-    }
-
-    /// `kill -9`: no stop, no clean-up, unacknowledged messages left to the broker.
-    fn kill_9(&self) {
-        let status = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit (at most 60 s) and returns its exit code.
-    async fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                if let Some(reader) = self.reader.take() {
-                    reader.join().unwrap();
-                }
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after 60 s; log: {:#?}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Service {
-    /// A failing test must not leave the process consuming what the fixture deletes.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The ids of the `recorded <id>` lines `service` logged so far.
+fn recorded(service: &Service) -> Vec<u64> {
+    service
+        .log()
+        .iter()
+        .filter_map(|line| line.rsplit_once("recorded ").and_then(|(_, id)| id.trim().parse().ok()))
+        .collect()
 }
 
 /// Waits (10 s at most) until `queue` has `ready` messages and no consumer: RabbitMQ
@@ -157,7 +57,7 @@ async fn sigterm_answers_every_call_in_flight_and_leaves_nothing_unacked() {
         return;
     };
     rabbit.claim_service("slow");
-    let mut service = Service::start(&rabbit, &["slow", "--define", "max_workers=200"]);
+    let mut service = start(&rabbit, &["slow", "--define", "max_workers=200"]);
     rabbit
         .wait_for_consumers("rpc-slow", 1, Duration::from_secs(60))
         .await
@@ -172,7 +72,7 @@ async fn sigterm_answers_every_call_in_flight_and_leaves_nothing_unacked() {
     }
     // 200 calls have started their workers; the other 50 wait in the queue.
     service.wait_for_lines("sleeping 2000 ms", CALLS).await;
-    service.terminate();
+    service.signal("TERM");
     let queued = replies.split_off(CALLS);
 
     for reply in replies {
@@ -205,7 +105,7 @@ async fn a_hung_handler_is_cut_at_the_deadline_and_its_request_requeued() {
         return;
     };
     rabbit.claim_service("hung");
-    let mut service = Service::start(&rabbit, &["hung", "--stop-timeout", "1"]);
+    let mut service = start(&rabbit, &["hung", "--stop-timeout", "1"]);
     rabbit
         .wait_for_consumers("rpc-hung", 1, Duration::from_secs(60))
         .await
@@ -218,7 +118,7 @@ async fn a_hung_handler_is_cut_at_the_deadline_and_its_request_requeued() {
     service.wait_for_lines("hanging", 1).await;
 
     let signalled = Instant::now();
-    service.terminate();
+    service.signal("TERM");
     // `run` exits 1 after a kill (the CLI's documented exit codes).
     assert_eq!(service.exit_code().await, Some(1), "log: {:#?}", service.log());
     let took = signalled.elapsed();
@@ -256,7 +156,7 @@ async fn a_second_sigterm_kills_at_once() {
         return;
     };
     rabbit.claim_service("stubborn");
-    let mut service = Service::start(&rabbit, &["stubborn", "--stop-timeout", "60"]);
+    let mut service = start(&rabbit, &["stubborn", "--stop-timeout", "60"]);
     rabbit
         .wait_for_consumers("rpc-stubborn", 1, Duration::from_secs(60))
         .await
@@ -268,12 +168,12 @@ async fn a_second_sigterm_kills_at_once() {
     let reply = client.call_async("stubborn", "hang", json!([])).await.unwrap();
     service.wait_for_lines("hanging", 1).await;
 
-    service.terminate();
+    service.signal("TERM");
     service
         .wait_for_lines("waiting for 1 worker(s) to finish, deadline in 60.0s", 1)
         .await;
     let signalled = Instant::now();
-    service.terminate();
+    service.signal("TERM");
     assert_eq!(service.exit_code().await, Some(1), "log: {:#?}", service.log());
     let took = signalled.elapsed();
     assert!(took < Duration::from_secs(10), "{took:?}; log: {:#?}", service.log());
@@ -299,12 +199,12 @@ async fn after_a_kill_9_and_a_restart_every_event_is_handled() {
     rabbit.claim_service("ledger_source");
     let queue = "evt-ledger_source-entry--ledger.record";
     // A first run declares the queue; the events wait in it for the next.
-    let mut declaring = Service::start(&rabbit, &["ledger"]);
+    let mut declaring = start(&rabbit, &["ledger"]);
     rabbit
         .wait_for_consumers(queue, 1, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}; log: {:#?}", declaring.log()));
-    declaring.terminate();
+    declaring.signal("TERM");
     assert_eq!(declaring.exit_code().await, Some(0), "log: {:#?}", declaring.log());
     let broker = rabbit.broker();
     for id in 0..EVENTS {
@@ -320,20 +220,20 @@ async fn after_a_kill_9_and_a_restart_every_event_is_handled() {
             .unwrap();
         assert_eq!(outcome, PublishOutcome::Routed);
     }
-    let mut first = Service::start(&rabbit, &["ledger", "--define", "max_workers=4"]);
+    let mut first = start(&rabbit, &["ledger", "--define", "max_workers=4"]);
     first.wait_for_lines("recorded ", 40).await;
-    first.kill_9();
+    first.signal("KILL");
     assert_eq!(first.exit_code().await, None, "killed by a signal");
-    let before: BTreeSet<u64> = first.recorded().into_iter().collect();
+    let before: BTreeSet<u64> = recorded(&first).into_iter().collect();
     assert!(
         before.len() < EVENTS as usize,
         "the kill fell while events were waiting"
     );
 
-    let mut second = Service::start(&rabbit, &["ledger", "--define", "max_workers=4"]);
+    let mut second = start(&rabbit, &["ledger", "--define", "max_workers=4"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let handled: BTreeSet<u64> = before.iter().copied().chain(second.recorded()).collect();
+        let handled: BTreeSet<u64> = before.iter().copied().chain(recorded(&second)).collect();
         if handled.len() == EVENTS as usize {
             assert_eq!(handled, (0..EVENTS).collect::<BTreeSet<_>>());
             break;
@@ -348,9 +248,9 @@ async fn after_a_kill_9_and_a_restart_every_event_is_handled() {
     }
     // At least once: what was in flight at the kill ran again (never more than the
     // prefetch of a consumer, here `max_workers`).
-    let again = second.recorded().iter().filter(|id| before.contains(id)).count();
+    let again = recorded(&second).iter().filter(|id| before.contains(id)).count();
     assert!(again <= 4, "{again} events handled twice");
-    second.terminate();
+    second.signal("TERM");
     assert_eq!(second.exit_code().await, Some(0), "log: {:#?}", second.log());
     wait_for_ready(&rabbit, queue, 0, &second.log()).await;
     rabbit.cleanup().await.unwrap();

@@ -12,7 +12,7 @@ use crate::{
     config::Config,
     context::{ContextData, EntrypointInfo, Extensions, WorkerContext},
     dependency::{Outcome, Providers, WorkerBuilder},
-    entrypoint::{Deliver, Reserved, Spawner},
+    entrypoint::{Call, Deliver, Reserved, Spawner},
     error::{IntoHandlerError, SpawnError, WorkerError},
     metrics::{EntrypointStats, Metrics},
     service::{Hook, Service},
@@ -252,16 +252,10 @@ where
         })
     }
 
-    fn start(
-        &self,
-        reserved: Reserved,
-        request: Req,
-        data: ContextData,
-        extensions: Extensions,
-        deliver: Deliver<Resp>,
-    ) -> WorkerContext {
+    fn start(&self, reserved: Reserved, request: Req, call: Call, deliver: Deliver<Resp>) -> WorkerContext {
         let core = Arc::clone(&self.core);
-        let cx = WorkerContext::new(S::NAME, self.info.clone(), data, core.config.clone(), extensions);
+        let Call { data, extensions, args } = call;
+        let cx = WorkerContext::with_call_args(S::NAME, self.info.clone(), data, core.config.clone(), extensions, args);
         let handle_cx = cx.clone();
         let handler = Arc::clone(&self.handler);
         // The span covers the whole task, the entrypoint's continuation (reply, ack) too,
@@ -359,6 +353,12 @@ fn log_finished<T>(result: &Result<T, WorkerError>, elapsed: std::time::Duration
     }
 }
 
+/// The call's arguments for a log line: redacted, compact, cut when long.
+fn logged_arguments(cx: &WorkerContext) -> Option<String> {
+    cx.redacted_arguments()
+        .map(|arguments| crate::redact::for_log(&arguments))
+}
+
 /// `get_dependency` for every field → `worker_setup` → handler → `worker_result` →
 /// `worker_teardown`. Result and teardown always run; panics are caught.
 async fn run_lifecycle<S, H, Req, Resp, Fut, Err>(
@@ -373,7 +373,10 @@ where
     Fut: Future<Output = Result<Resp, Err>>,
     Err: IntoHandlerError,
 {
-    tracing::debug!("worker started");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let args = logged_arguments(cx);
+        tracing::debug!(args = args.as_ref().map(tracing::field::display), "worker started");
+    }
     let mut builder = WorkerBuilder::new(cx);
     let built = AssertUnwindSafe(core.providers.build(&mut builder))
         .catch_unwind()
@@ -399,10 +402,17 @@ where
     match &outcome {
         Outcome::Success => {}
         Outcome::Failure(err) if err.is_expected() => {
-            tracing::warn!(error = %err, "worker failed (expected)");
+            let args = logged_arguments(cx);
+            tracing::warn!(error = %err, args = args.as_ref().map(tracing::field::display), "worker failed (expected)");
         }
-        Outcome::Failure(err) => tracing::error!(error = %err, "worker failed"),
-        Outcome::Panicked(message) => tracing::error!(panic = %message, "worker panicked"),
+        Outcome::Failure(err) => {
+            let args = logged_arguments(cx);
+            tracing::error!(error = %err, args = args.as_ref().map(tracing::field::display), "worker failed");
+        }
+        Outcome::Panicked(message) => {
+            let args = logged_arguments(cx);
+            tracing::error!(panic = %message, args = args.as_ref().map(tracing::field::display), "worker panicked");
+        }
     }
     builder.finish(&outcome).await;
     match (outcome, value) {

@@ -102,6 +102,8 @@ pub struct AmqpOptions {
     /// TLS options (Nameko's `AMQP_SSL`); with an `amqp://` URI they switch it to TLS.
     /// `None` still means TLS for an `amqps://` URI, with [`TlsOptions::new`].
     pub tls: Option<TlsOptions>,
+    /// How to log in (Nameko's `LOGIN_METHOD`; default [`LoginMethod::Plain`]).
+    pub login_method: LoginMethod,
 }
 
 impl Default for AmqpOptions {
@@ -110,6 +112,63 @@ impl Default for AmqpOptions {
             heartbeat: 60,
             connection_name: "nameko-rs".to_owned(),
             tls: None,
+            login_method: LoginMethod::Plain,
+        }
+    }
+}
+
+/// The SASL mechanism a connection logs in with: Nameko's (kombu's) `LOGIN_METHOD`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LoginMethod {
+    /// `PLAIN`: the user and password of the URI (the default).
+    #[default]
+    Plain,
+    /// `AMQPLAIN`: the same, in RabbitMQ's legacy encoding.
+    AmqPlain,
+    /// `EXTERNAL`: no password; the broker takes the user from the TLS client
+    /// certificate (RabbitMQ's `rabbitmq_auth_mechanism_ssl` plugin). Needs TLS with a
+    /// client certificate (`AMQP_SSL` `certfile` and `keyfile`).
+    External,
+}
+
+impl LoginMethod {
+    /// The mechanism's SASL name: `PLAIN`, `AMQPLAIN`, `EXTERNAL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::AmqPlain => "AMQPLAIN",
+            Self::External => "EXTERNAL",
+        }
+    }
+
+    fn sasl(self) -> lapin::uri::SASLMechanism {
+        match self {
+            Self::Plain => lapin::uri::SASLMechanism::Plain,
+            Self::AmqPlain => lapin::uri::SASLMechanism::AMQPlain,
+            Self::External => lapin::uri::SASLMechanism::External,
+        }
+    }
+}
+
+impl fmt::Display for LoginMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LoginMethod {
+    type Err = String;
+
+    /// A SASL name, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "PLAIN" => Ok(Self::Plain),
+            "AMQPLAIN" => Ok(Self::AmqPlain),
+            "EXTERNAL" => Ok(Self::External),
+            _ => Err(format!(
+                "unknown login method `{s}`; expected PLAIN, AMQPLAIN or EXTERNAL"
+            )),
         }
     }
 }
@@ -136,6 +195,26 @@ impl AmqpOptions {
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// Logs in with this mechanism (Nameko's `LOGIN_METHOD`).
+    #[must_use]
+    pub fn login_method(mut self, method: LoginMethod) -> Self {
+        self.login_method = method;
+        self
+    }
+
+    /// Refuses options that cannot log in: `EXTERNAL` without a client certificate.
+    fn check(&self) -> Result<(), BrokerError> {
+        let has_client_cert = self.tls.as_ref().is_some_and(|tls| tls.client_cert_paths().is_some());
+        if self.login_method == LoginMethod::External && !has_client_cert {
+            return Err(BrokerError::Other(
+                "LOGIN_METHOD EXTERNAL logs in with the TLS client certificate, but there is none: give AMQP_SSL \
+                 a certfile and a keyfile (RabbitMQ takes the user from the certificate)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -300,6 +379,7 @@ impl AmqpBroker {
     /// within 15 s; [`BrokerError::Other`] naming the `amqp-tls` feature when TLS is
     /// asked for in a build without it.
     pub async fn connect(uri: &AmqpUri, options: AmqpOptions) -> Result<Self, BrokerError> {
+        options.check()?;
         let (uri, secure) = tls::prepare(uri, options.tls.as_ref())?;
         Self::open(&uri, secure, &options).await
     }
@@ -330,7 +410,7 @@ impl AmqpBroker {
         let runtime = async_rs::Runtime::new(guard::GuardedKit::current());
         let dial = Arc::clone(&dialer);
         let connecting = Connection::connector(
-            uri.as_lapin(options.heartbeat),
+            uri.as_lapin(options.heartbeat, options.login_method.sasl()),
             runtime,
             async move |uri, runtime| {
                 let abandoned = || lapin::Error::from(io::Error::other("the connection was abandoned or closed"));
@@ -433,6 +513,7 @@ impl AmqpBroker {
     ) -> Result<Self, BrokerError> {
         use backon::BackoffBuilder;
 
+        options.check()?;
         // TLS is prepared once (its files read, its connector built), not per attempt.
         let (effective, secure) = tls::prepare(uri, options.tls.as_ref())?;
         let part = readiness.map(|r| r.part("RabbitMQ connection", format!("connecting to {uri}")));

@@ -93,6 +93,11 @@ impl TlsError {
         self
     }
 
+    /// A connection setting beside `AMQP_SSL` (`LOGIN_METHOD`) with a bad value.
+    pub(crate) fn invalid_setting(location: &Location, key: &str, message: impl Into<String>) -> Self {
+        Self::new(TlsErrorKind::InvalidValue, "", message).at(location, key)
+    }
+
     fn feature_disabled(what: &str) -> Self {
         Self::new(
             TlsErrorKind::FeatureDisabled,

@@ -209,7 +209,7 @@ impl AmqpUri {
     }
 
     /// lapin's form of the URI.
-    pub(crate) fn as_lapin(&self, heartbeat: u16) -> lapin::uri::AMQPUri {
+    pub(crate) fn as_lapin(&self, heartbeat: u16, login: lapin::uri::SASLMechanism) -> lapin::uri::AMQPUri {
         use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
         AMQPUri {
             scheme: if self.tls { AMQPScheme::AMQPS } else { AMQPScheme::AMQP },
@@ -224,6 +224,7 @@ impl AmqpUri {
             vhost: self.vhost.clone(),
             query: AMQPQueryString {
                 heartbeat: Some(self.heartbeat.unwrap_or(heartbeat)),
+                auth_mechanism: Some(login),
                 ..AMQPQueryString::default()
             },
         }

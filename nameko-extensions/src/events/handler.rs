@@ -87,6 +87,8 @@ pub struct EventHandler<Req, Resp = ()> {
     dead_letter: Option<String>,
     max_workers: Option<usize>,
     queue_type: QueueType,
+    sensitive_arguments: &'static [&'static str],
+    parameter: &'static str,
     binding: Option<Binding<Req, Resp>>,
     consumer: Option<Arc<QueueConsumer>>,
     on_failure: Option<Arc<OnFailure>>,
@@ -109,6 +111,8 @@ impl<Req, Resp> EventHandler<Req, Resp> {
             dead_letter: None,
             max_workers: None,
             queue_type: QueueType::Classic,
+            sensitive_arguments: &[],
+            parameter: "payload",
             binding: None,
             consumer: None,
             on_failure: None,
@@ -196,6 +200,27 @@ impl<Req, Resp> EventHandler<Req, Resp> {
     #[must_use]
     pub fn max_workers(mut self, max_workers: usize) -> Self {
         self.max_workers = Some(max_workers);
+        self
+    }
+
+    /// Names the arguments logs and monitoring must not show (`#[event_handler(..., sensitive =
+    /// [...])]`, Nameko's `sensitive_arguments`): the payload parameter's name, then
+    /// `.key` or `[index]` steps (`payload.card_number`, `payload.items[0]`); each value a
+    /// path names is shown as `********` (see [`nameko_core::redact`]). The worker's log
+    /// lines (a failure, the DEBUG start line) carry the payload so, as
+    /// `{"payload": ...}` (see [`parameter`](Self::parameter)).
+    #[must_use]
+    pub fn sensitive_arguments(mut self, paths: &'static [&'static str]) -> Self {
+        self.sensitive_arguments = paths;
+        self
+    }
+
+    /// The name of the method's payload parameter (default `payload`): the payload
+    /// goes by it in logs and [sensitive argument](Self::sensitive_arguments) paths.
+    /// The macros give the method's own parameter name.
+    #[must_use]
+    pub fn parameter(mut self, name: &'static str) -> Self {
+        self.parameter = name;
         self
     }
 
@@ -367,6 +392,7 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> Extension for
             requeue_on_error: self.requeue_on_error,
             on_failure: self.on_failure.clone(),
             max_message_size: self.max_message_size,
+            parameter: self.parameter,
         });
         consumer
             .start(handler)
@@ -398,5 +424,9 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> Entrypoint fo
 
     fn max_workers(&self) -> Option<usize> {
         self.max_workers
+    }
+
+    fn sensitive_arguments(&self) -> &'static [&'static str] {
+        self.sensitive_arguments
     }
 }

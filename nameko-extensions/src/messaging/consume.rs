@@ -44,6 +44,8 @@ pub struct Consume<Req, Resp = ()> {
     requeue_on_error: bool,
     max_workers: Option<usize>,
     max_message_size: usize,
+    sensitive_arguments: &'static [&'static str],
+    parameter: &'static str,
     binding: Option<Binding<Req, Resp>>,
     consumer: Option<Arc<QueueConsumer>>,
     _marker: PhantomData<fn(Req) -> Resp>,
@@ -64,6 +66,8 @@ impl<Req, Resp> Consume<Req, Resp> {
             requeue_on_error: false,
             max_workers: None,
             max_message_size: nameko_core::config::DEFAULT_MAX_MESSAGE_SIZE,
+            sensitive_arguments: &[],
+            parameter: "message",
             binding: None,
             consumer: None,
             _marker: PhantomData,
@@ -74,6 +78,27 @@ impl<Req, Resp> Consume<Req, Resp> {
     #[must_use]
     pub fn durable(mut self, durable: bool) -> Self {
         self.queue.durable = durable;
+        self
+    }
+
+    /// Names the arguments logs and monitoring must not show (`#[consume(..., sensitive =
+    /// [...])]`, Nameko's `sensitive_arguments`): the payload parameter's name, then
+    /// `.key` or `[index]` steps (`message.card_number`, `message.items[0]`); each value a
+    /// path names is shown as `********` (see [`nameko_core::redact`]). The worker's log
+    /// lines (a failure, the DEBUG start line) carry the payload so, as
+    /// `{"message": ...}` (see [`parameter`](Self::parameter)).
+    #[must_use]
+    pub fn sensitive_arguments(mut self, paths: &'static [&'static str]) -> Self {
+        self.sensitive_arguments = paths;
+        self
+    }
+
+    /// The name of the method's payload parameter (default `message`): the payload
+    /// goes by it in logs and [sensitive argument](Self::sensitive_arguments) paths.
+    /// The macros give the method's own parameter name.
+    #[must_use]
+    pub fn parameter(mut self, name: &'static str) -> Self {
+        self.parameter = name;
         self
     }
 
@@ -195,6 +220,7 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> Extension for
             requeue_on_error: self.requeue_on_error,
             on_failure: None,
             max_message_size: self.max_message_size,
+            parameter: self.parameter,
         });
         consumer
             .start(handler)
@@ -226,5 +252,9 @@ impl<Req: DeserializeOwned + Send + 'static, Resp: Send + 'static> Entrypoint fo
 
     fn max_workers(&self) -> Option<usize> {
         self.max_workers
+    }
+
+    fn sensitive_arguments(&self) -> &'static [&'static str] {
+        self.sensitive_arguments
     }
 }

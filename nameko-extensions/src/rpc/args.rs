@@ -4,7 +4,10 @@
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use nameko_core::RemoteError;
+use nameko_core::{
+    RemoteError,
+    redact::{CallArgs, bind_arguments},
+};
 
 /// The arguments of an RPC request, as Nameko sends them.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -205,12 +208,32 @@ pub fn decode_arg<T: DeserializeOwned>(method: &str, param: &str, value: Value) 
 /// assert_eq!(err.value(), "add() missing 1 required positional argument: 'b'");
 /// ```
 pub trait FromRpcArgs: Sized + Send + 'static {
+    /// The method's parameter names, in order, as callers name them: positional
+    /// arguments are shown under these names in logs and monitoring, and
+    /// [sensitive argument](nameko_core::redact) paths start with one. `#[rpc]` fills
+    /// it in; without names, arguments are shown as `{"args": [...], "kwargs": {...}}`.
+    const PARAMETERS: &'static [&'static str] = &[];
+
     /// Decodes the arguments of a call to `method`.
     ///
     /// # Errors
     ///
     /// `IncorrectSignature` when they do not fit.
     fn from_rpc_args(args: RpcArgs, method: &str) -> Result<Self, RemoteError>;
+}
+
+/// The arguments of one RPC request, kept as its body and decoded only when logs or
+/// monitoring read them ([`CallArgs`]).
+pub(crate) struct RequestArgs {
+    pub(crate) body: bytes::Bytes,
+    pub(crate) params: &'static [&'static str],
+}
+
+impl CallArgs for RequestArgs {
+    fn arguments(&self) -> Option<Map<String, Value>> {
+        let RpcArgs { args, kwargs } = RpcArgs::from_body(&self.body).ok()?;
+        Some(bind_arguments(self.params, args, Value::Object(kwargs)))
+    }
 }
 
 impl FromRpcArgs for RpcArgs {

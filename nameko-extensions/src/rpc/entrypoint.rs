@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 
-use super::{FromRpcArgs, RpcArgs, rpc_queue};
+use super::{FromRpcArgs, RpcArgs, args::RequestArgs, rpc_queue};
 use crate::{
     broker::{
         Binding as QueueBinding, Delivery, Exchange, Headers, Properties, Publish, PublishOutcome, Queue, QueueType,
@@ -53,6 +53,16 @@ trait RpcMethod: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
+impl<Req: FromRpcArgs, Resp> Method<Req, Resp> {
+    /// The request's arguments for logs and monitoring: its body, decoded when read.
+    fn call_args(pending: &Pending) -> RequestArgs {
+        RequestArgs {
+            body: pending.delivery.body.clone(),
+            params: Req::PARAMETERS,
+        }
+    }
+}
+
 struct Method<Req, Resp> {
     binding: Binding<Req, Resp>,
 }
@@ -75,6 +85,7 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> RpcMethod for Method<Re
             let Some(slot) = reserve_unless_stopped(&binding, &stopping).await else {
                 return pending.finish(Handled::Requeue).await;
             };
+            let slot = slot.call_args(Self::call_args(&pending));
             slot.start_then(request, data, Extensions::new(), move |result| {
                 let handled = match result {
                     Ok(value) => Handled::Reply(reply_body(Ok(&value))),
@@ -415,6 +426,7 @@ impl DeliveryHandler for Requests {
 pub struct RpcEntrypoint<Req, Resp> {
     max_workers: Option<usize>,
     queue_type: Option<QueueType>,
+    sensitive_arguments: &'static [&'static str],
     binding: Option<Binding<Req, Resp>>,
     consumer: Option<Arc<RpcConsumer>>,
     _marker: PhantomData<fn(Req) -> Resp>,
@@ -426,10 +438,28 @@ impl<Req, Resp> RpcEntrypoint<Req, Resp> {
         Self {
             max_workers: None,
             queue_type: None,
+            sensitive_arguments: &[],
             binding: None,
             consumer: None,
             _marker: PhantomData,
         }
+    }
+
+    /// Names the arguments logs and monitoring must not show (`#[rpc(sensitive =
+    /// [...])]`, Nameko's `sensitive_arguments`): a parameter's name, then `.key` or
+    /// `[index]` steps (`password`, `card.number`, `items[0]`); each value a path names
+    /// is shown as `********` (see [`nameko_core::redact`]). The worker's log lines (a
+    /// failure, the DEBUG start line) carry the call's arguments so.
+    ///
+    /// ```
+    /// use nameko_extensions::rpc::RpcEntrypoint;
+    ///
+    /// let login = RpcEntrypoint::<(String, String), bool>::new().sensitive_arguments(&["password"]);
+    /// ```
+    #[must_use]
+    pub const fn sensitive_arguments(mut self, paths: &'static [&'static str]) -> Self {
+        self.sensitive_arguments = paths;
+        self
     }
 
     /// Declares the service's queue `rpc-<service>` with this type.
@@ -487,6 +517,7 @@ impl<Req, Resp> fmt::Debug for RpcEntrypoint<Req, Resp> {
         f.debug_struct("RpcEntrypoint")
             .field("max_workers", &self.max_workers)
             .field("queue_type", &self.queue_type)
+            .field("sensitive_arguments", &self.sensitive_arguments)
             .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
@@ -571,6 +602,10 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Entrypoint for RpcEntry
 
     fn max_workers(&self) -> Option<usize> {
         self.max_workers
+    }
+
+    fn sensitive_arguments(&self) -> &'static [&'static str] {
+        self.sensitive_arguments
     }
 }
 

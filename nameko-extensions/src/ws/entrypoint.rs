@@ -2,7 +2,10 @@
 
 use std::{fmt, marker::PhantomData, sync::Arc};
 
-use nameko_core::{Binding, ContextData, Entrypoint, Extension, RemoteError, SetupContext, SetupError, WorkerError};
+use nameko_core::{
+    Binding, ContextData, Entrypoint, Extension, RemoteError, SetupContext, SetupError, WorkerError,
+    redact::bind_arguments,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -36,11 +39,14 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> WsMethod for Method<Req
                 args: vec![Value::String(socket_id)],
                 kwargs: data,
             };
+            // For logs and monitoring (a socket's frames are not the hot path: bound now).
+            let call_args = bind_arguments(Req::PARAMETERS, args.args.clone(), Value::Object(args.kwargs.clone()));
             let request = Req::from_rpc_args(args, binding.info().method())?;
             let slot = binding
                 .reserve()
                 .await
-                .map_err(|err| WorkerError::NotStarted(err).to_remote_error())?;
+                .map_err(|err| WorkerError::NotStarted(err).to_remote_error())?
+                .call_args(call_args);
             // The worker runs in a task the container owns: a client that disconnects
             // (dropping this future) never cancels it or skips its hooks.
             match slot.start(request, context).await {
@@ -64,6 +70,7 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> WsMethod for Method<Req
 /// to start, naming both.
 pub struct WsRpcEntrypoint<Req, Resp> {
     max_workers: Option<usize>,
+    sensitive_arguments: &'static [&'static str],
     binding: Option<Binding<Req, Resp>>,
     server: Option<WsServer>,
     route: Option<Arc<RouteGroup>>,
@@ -75,6 +82,7 @@ impl<Req, Resp> WsRpcEntrypoint<Req, Resp> {
     pub const fn new() -> Self {
         Self {
             max_workers: None,
+            sensitive_arguments: &[],
             binding: None,
             server: None,
             route: None,
@@ -88,6 +96,14 @@ impl<Req, Resp> WsRpcEntrypoint<Req, Resp> {
     #[must_use]
     pub const fn max_workers(mut self, max_workers: usize) -> Self {
         self.max_workers = Some(max_workers);
+        self
+    }
+
+    /// Names the arguments logs and monitoring must not show (`#[ws_rpc(sensitive =
+    /// [...])]`): as [`RpcEntrypoint::sensitive_arguments`](crate::rpc::RpcEntrypoint::sensitive_arguments).
+    #[must_use]
+    pub const fn sensitive_arguments(mut self, paths: &'static [&'static str]) -> Self {
+        self.sensitive_arguments = paths;
         self
     }
 }
@@ -171,5 +187,9 @@ impl<Req: FromRpcArgs, Resp: Serialize + Send + 'static> Entrypoint for WsRpcEnt
 
     fn max_workers(&self) -> Option<usize> {
         self.max_workers
+    }
+
+    fn sensitive_arguments(&self) -> &'static [&'static str] {
+        self.sensitive_arguments
     }
 }

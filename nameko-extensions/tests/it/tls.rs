@@ -4,6 +4,8 @@
 //! for `localhost` and `127.0.0.1`), `client.pem`/`client.key` (a client certificate from
 //! that CA) and `other_ca.pem`, `other_client.pem`/`other_client.key` (from a CA nobody
 //! trusts). The listener asks for a client certificate and checks one when given.
+//! `NAMEKO_TEST_EXTERNAL_USER` names the user `LOGIN_METHOD: EXTERNAL` logs in as: the
+//! client certificate's common name, without a password, allowed on the vhost.
 //!
 //! Skipped, with the reason printed, when the variables are unset or the listener is
 //! unreachable; under `CI=true` that is a failure.
@@ -13,7 +15,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use nameko_core::{Config, Entrypoints, RemoteError, Service, ServiceRunner, WorkerContext};
 use nameko_extensions::{
     amqp::{AmqpBroker, AmqpOptions, AmqpUri, TlsOptions, Verify},
-    broker::{Broker, BrokerError, SharedBroker},
+    broker::{Broker, BrokerError, Queue, SharedBroker, Topology},
     rpc::{ClusterRpc, RpcArgs, RpcEntrypoint},
 };
 use serde_json::{Value, json};
@@ -209,4 +211,47 @@ async fn the_server_checks_a_client_certificate() {
         .expect("the other client certificate");
     let error = env.connect(untrusted).await.expect_err("the listener refuses it");
     assert!(matches!(error, BrokerError::ConnectionLost(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn external_login_takes_the_user_from_the_client_certificate() {
+    let Some(env) = TlsEnv::new().await else { return };
+    if std::env::var("NAMEKO_TEST_EXTERNAL_USER").is_err() {
+        crate::support::skip::<()>(
+            "RabbitMQ's EXTERNAL mechanism",
+            "NAMEKO_TEST_EXTERNAL_USER is not set (`.ci/run` sets it up)",
+        );
+        return;
+    }
+    // The URI's user and password are wrong on purpose: EXTERNAL does not send them.
+    let yaml = format!(
+        "AMQP_URI: amqps://nobody:not-the-password@{host}:{port}/{vhost}\nLOGIN_METHOD: external\nAMQP_SSL:\n  \
+         ca_certs: {ca}\n  certfile: {cert}\n  keyfile: {key}\n",
+        host = env.uri.host(),
+        port = env.uri.port(),
+        vhost = env.uri.vhost().replace('/', "%2F"),
+        ca = env.path("ca.pem").display(),
+        cert = env.path("client.pem").display(),
+        key = env.path("client.key").display(),
+    );
+    let config = Config::from_yaml_str(&yaml).expect("the config");
+    let broker = AmqpBroker::connect_config(&config, "nameko-rs external login")
+        .await
+        .expect("EXTERNAL logs in with the client certificate");
+    // The certificate's user may use the vhost.
+    let queue = unique("external");
+    broker
+        .declare(&Topology::new().queue(Queue::durable(&queue)))
+        .await
+        .expect("a declare as the certificate's user");
+    broker.delete_queue(&queue).await.expect("delete the queue");
+    broker.close().await;
+
+    // The same URI with PLAIN sends the wrong password: refused.
+    let plain = Config::from_yaml_str(&yaml.replace("LOGIN_METHOD: external", "LOGIN_METHOD: PLAIN")).unwrap();
+    let error = AmqpBroker::connect_config(&plain, "nameko-rs plain login")
+        .await
+        .expect_err("PLAIN with a wrong password");
+    assert!(error.to_string().contains("ACCESS_REFUSED"), "{error}");
+    assert!(!error.to_string().contains("not-the-password"), "{error}");
 }

@@ -48,6 +48,7 @@ pub(crate) struct RpcAttr {
     max_workers: Option<LitInt>,
     /// `queue_type = "quorum"` (`#[rpc]` only): the literal and the `QueueType` variant.
     queue_type: Option<(LitStr, &'static str)>,
+    sensitive: Vec<LitStr>,
 }
 
 pub(crate) struct ConsumeAttr {
@@ -60,6 +61,7 @@ pub(crate) struct ConsumeAttr {
     requeue_on_error: Option<LitBool>,
     max_workers: Option<LitInt>,
     queue_type: Option<(LitStr, &'static str)>,
+    sensitive: Vec<LitStr>,
 }
 
 pub(crate) struct EventHandlerAttr {
@@ -74,6 +76,7 @@ pub(crate) struct EventHandlerAttr {
     dead_letter: Option<LitStr>,
     max_workers: Option<LitInt>,
     queue_type: Option<(LitStr, &'static str)>,
+    sensitive: Vec<LitStr>,
 }
 
 /// `retry(max = 5, backoff = "1s..30s")`, checked: the backoff in nanoseconds.
@@ -221,11 +224,12 @@ fn named(attr: &Attribute, kind: &str) -> syn::Result<RpcAttr> {
         name: None,
         max_workers: None,
         queue_type: None,
+        sensitive: Vec::new(),
     };
     let keys: &[&str] = if kind == "rpc" {
-        &["name", "max_workers", "queue_type"]
+        &["name", "max_workers", "queue_type", "sensitive"]
     } else {
-        &["name", "max_workers"]
+        &["name", "max_workers", "sensitive"]
     };
     match &attr.meta {
         Meta::Path(_) => {}
@@ -237,6 +241,7 @@ fn named(attr: &Attribute, kind: &str) -> syn::Result<RpcAttr> {
                     "name" => out.name = Some(kv.str()?),
                     "max_workers" => out.max_workers = Some(kv.max_workers()?),
                     "queue_type" if kind == "rpc" => out.queue_type = Some(queue_type(&kv)?),
+                    "sensitive" => out.sensitive = sensitive(&kv)?,
                     _ => return Err(args::unknown_key(&kv, kind, keys)),
                 }
             }
@@ -267,6 +272,81 @@ fn queue_type(kv: &args::KeyValue) -> syn::Result<(LitStr, &'static str)> {
     Ok((lit, variant))
 }
 
+/// `sensitive = ["password", "card.number", "items[0]"]`: each a path that reads (its
+/// first step is checked against the method's parameters at expansion).
+fn sensitive(kv: &args::KeyValue) -> syn::Result<Vec<LitStr>> {
+    let paths = kv.str_list()?;
+    for lit in &paths {
+        if let Err(why) = check_path(&lit.value()) {
+            return Err(syn::Error::new_spanned(
+                lit,
+                format!(
+                    "{why}; a sensitive argument is a parameter's name, then `.key` or `[index]` steps: \
+                     \"password\", \"payload.card_number\", \"items[0]\""
+                ),
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+/// Why a sensitive argument path does not read (the runtime's `redact::check_path`).
+fn check_path(path: &str) -> Result<(), &'static str> {
+    let root_end = path.find(['.', '[']).unwrap_or(path.len());
+    if root_end == 0 {
+        return Err("it does not start with a parameter's name");
+    }
+    let mut rest = &path[root_end..];
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after.find(['.', '[']).unwrap_or(after.len());
+            if end == 0 {
+                return Err("a `.` is not followed by a key");
+            }
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let end = after.find(']').ok_or("a `[` is not closed")?;
+            after[..end]
+                .parse::<usize>()
+                .map_err(|_| "an index is not a whole number")?;
+            rest = &after[end + 1..];
+        } else {
+            return Err("a `]` is not followed by `.` or `[`");
+        }
+    }
+    Ok(())
+}
+
+/// `.sensitive_arguments(&[...])`, or nothing; a path whose first step names none of
+/// `params` is an error pointing at it.
+fn sensitive_option(cx: &Ctxt, paths: &[LitStr], params: &[String], method: &Method) -> TokenStream {
+    if paths.is_empty() {
+        return TokenStream::new();
+    }
+    for lit in paths {
+        let path = lit.value();
+        let root = &path[..path.find(['.', '[']).unwrap_or(path.len())];
+        if !params.iter().any(|p| p == root) {
+            let known = if params.is_empty() {
+                "it takes none".to_owned()
+            } else {
+                format!(
+                    "its parameters: {}",
+                    params.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+                )
+            };
+            cx.error_spanned_by(
+                lit,
+                format!(
+                    "sensitive argument `{path}` names no parameter of `{}`; {known}",
+                    method.ident
+                ),
+            );
+        }
+    }
+    quote!(.sensitive_arguments(&[ #( #paths ),* ]))
+}
+
 /// `.queue_type(QueueType::Variant)`, or nothing.
 fn queue_type_option(p: &TokenStream, queue_type: Option<&(LitStr, &'static str)>) -> TokenStream {
     match queue_type {
@@ -287,6 +367,7 @@ const HANDLER_KEYS: &[&str] = &[
     "dead_letter",
     "max_workers",
     "queue_type",
+    "sensitive",
 ];
 
 const RETRY_USAGE: &str = "write `retry(max = 5, backoff = \"1s..30s\")` (the delay doubles from 1s up to 30s) or \
@@ -425,6 +506,7 @@ fn event_handler(attr: &Attribute) -> syn::Result<EventHandlerAttr> {
         dead_letter: None,
         max_workers: None,
         queue_type: None,
+        sensitive: Vec::new(),
     };
     let mut seen = Seen::default();
     for kv in rest {
@@ -464,6 +546,7 @@ fn event_handler(attr: &Attribute) -> syn::Result<EventHandlerAttr> {
             }
             "max_workers" => out.max_workers = Some(kv.max_workers()?),
             "queue_type" => out.queue_type = Some(queue_type(&kv)?),
+            "sensitive" => out.sensitive = sensitive(&kv)?,
             _ => return Err(args::unknown_key(&kv, "event_handler", HANDLER_KEYS)),
         }
     }
@@ -489,6 +572,7 @@ const CONSUME_KEYS: &[&str] = &[
     "requeue_on_error",
     "max_workers",
     "queue_type",
+    "sensitive",
 ];
 
 /// `#[consume(queue = "...", exchange = "...", exchange_type = "topic", routing_key = "...",
@@ -508,6 +592,7 @@ fn consume(attr: &Attribute) -> syn::Result<ConsumeAttr> {
     let mut requeue_on_error = None;
     let mut max_workers = None;
     let mut queue_type_attr = None;
+    let mut sensitive_paths = Vec::new();
     let mut seen = Seen::default();
     for kv in args::parse_list(list.tokens.clone())? {
         seen.first(&kv)?;
@@ -551,6 +636,7 @@ fn consume(attr: &Attribute) -> syn::Result<ConsumeAttr> {
             "requeue_on_error" => requeue_on_error = Some(kv.bool()?),
             "max_workers" => max_workers = Some(kv.max_workers()?),
             "queue_type" => queue_type_attr = Some(queue_type(&kv)?),
+            "sensitive" => sensitive_paths = sensitive(&kv)?,
             _ => return Err(args::unknown_key(&kv, "consume", CONSUME_KEYS)),
         }
     }
@@ -585,6 +671,7 @@ fn consume(attr: &Attribute) -> syn::Result<ConsumeAttr> {
         requeue_on_error,
         max_workers,
         queue_type: queue_type_attr,
+        sensitive: sensitive_paths,
     })
 }
 
@@ -672,9 +759,17 @@ impl EntrypointAttr {
                 let entrypoint = args::respan(quote!(#p::RpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
                 let limit = limit(attr.max_workers.as_ref());
                 let queue_type = queue_type_option(&p, attr.queue_type.as_ref());
-                args_entrypoint(method, &p, &name, &add, &ok, &quote!(#entrypoint #limit #queue_type))
+                let sensitive = sensitive_option(cx, &attr.sensitive, &method.wire_names(), method);
+                args_entrypoint(
+                    method,
+                    &p,
+                    &name,
+                    &add,
+                    &ok,
+                    &quote!(#entrypoint #limit #queue_type #sensitive),
+                )
             }
-            Self::WsRpc(attr) => ws_rpc_entrypoint(cx, method, &p, &name, &add, &ok, attr.max_workers.as_ref())?,
+            Self::WsRpc(attr) => ws_rpc_entrypoint(cx, method, &p, &name, &add, &ok, attr)?,
             Self::Consume(attr) => attr.expand(cx, method, &p, &name, &add, &ok)?,
             Self::EventHandler(attr) => {
                 let [param] = method.params.as_slice() else {
@@ -726,6 +821,9 @@ impl EntrypointAttr {
                 }
                 options.push(limit(attr.max_workers.as_ref()));
                 options.push(queue_type_option(&p, attr.queue_type.as_ref()));
+                let wire = &param.wire;
+                options.push(quote!(.parameter(#wire)));
+                options.push(sensitive_option(cx, &attr.sensitive, &method.wire_names(), method));
                 let handler = method.handler(&p, quote!(payload: #ty), quote!(payload));
                 let event_handler = args::respan(quote!(#p::EventHandler::<#ty, #ok>), ty.span());
                 let event_handler = quote!(#event_handler::new(#source, #event_type));
@@ -846,11 +944,14 @@ fn args_entrypoint(
     };
     let indices = (0..method.params.len()).map(syn::Index::from);
     let handler = method.handler(p, quote!(args: __Args), quote!( #( args.#indices ),* ));
+    let wires = method.params.iter().map(|param| &param.wire);
     quote! {
         #( #deserialize )*
         #serialize
         struct __Args( #( #tys ),* );
         impl #p::FromRpcArgs for __Args {
+            const PARAMETERS: &'static [&'static str] = &[ #( #wires ),* ];
+
             fn from_rpc_args(
                 args: #p::RpcArgs,
                 method: &str,
@@ -910,6 +1011,9 @@ impl ConsumeAttr {
         }
         options.push(limit(self.max_workers.as_ref()));
         options.push(queue_type_option(p, self.queue_type.as_ref()));
+        let wire = &param.wire;
+        options.push(quote!(.parameter(#wire)));
+        options.push(sensitive_option(cx, &self.sensitive, &method.wire_names(), method));
         let handler = method.handler(p, quote!(message: #ty), quote!(message));
         let consume = args::respan(quote!(#p::Consume::<#ty, #ok>), ty.span());
         Some(quote! {
@@ -931,7 +1035,7 @@ fn ws_rpc_entrypoint(
     name: &LitStr,
     add: &TokenStream,
     ok: &TokenStream,
-    max_workers: Option<&LitInt>,
+    attr: &RpcAttr,
 ) -> Option<TokenStream> {
     if method.params.is_empty() {
         cx.error_spanned_by(
@@ -941,6 +1045,14 @@ fn ws_rpc_entrypoint(
         return None;
     }
     let entrypoint = args::respan(quote!(#p::WsRpcEntrypoint::<__Args, #ok>::new()), method.ret_span);
-    let limit = limit(max_workers);
-    Some(args_entrypoint(method, p, name, add, ok, &quote!(#entrypoint #limit)))
+    let limit = limit(attr.max_workers.as_ref());
+    let sensitive = sensitive_option(cx, &attr.sensitive, &method.wire_names(), method);
+    Some(args_entrypoint(
+        method,
+        p,
+        name,
+        add,
+        ok,
+        &quote!(#entrypoint #limit #sensitive),
+    ))
 }

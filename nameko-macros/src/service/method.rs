@@ -38,6 +38,11 @@ pub(crate) struct Method {
 }
 
 impl Method {
+    /// The parameters' names as callers give them.
+    pub(crate) fn wire_names(&self) -> Vec<String> {
+        self.params.iter().map(|param| param.wire.value()).collect()
+    }
+
     /// Reads `sig`, reporting every rule it breaks.
     pub(crate) fn check(cx: &Ctxt, sig: &Signature, mut renames: Vec<Option<LitStr>>, patterns: bool) -> Option<Self> {
         let mut ok = true;

@@ -42,8 +42,8 @@ pub enum GreetingError {
 
 #[nameko::service(name = "greeting")]
 impl Greeting {
-    /// Greets.
-    #[rpc]
+    /// Greets; `type` (renamed) and `_unused` (the `_` dropped) are redacted in logs.
+    #[rpc(sensitive = ["type", "unused"])]
     pub async fn greet(
         &self,
         name: String,
@@ -68,7 +68,7 @@ impl Greeting {
     }
 
     /// Retries twice with a growing delay, then dead-letters.
-    #[event_handler("orders", "order_paid", retry(max = 2, backoff = "1s..30s"), dead_letter = "orders.dead")]
+    #[event_handler("orders", "order_paid", retry(max = 2, backoff = "1s..30s"), dead_letter = "orders.dead", sensitive = ["order.id"])]
     pub async fn on_paid(&self, order: OrderCreated) -> Result<(), GreetingError> {
         let _ = order.id;
         Ok(())
