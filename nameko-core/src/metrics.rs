@@ -14,7 +14,12 @@
 //!   [`ReadinessReport::probe_json`]), so a runner without HTTP entrypoints can be probed
 //!   too.
 //!
-//! Nothing is counted when `METRICS_ADDRESS` is unset. Give the runner a [`Metrics`]
+//! Publishes to RabbitMQ are counted for the whole process whatever the runner:
+//! `nameko_publish_confirm_seconds` (a histogram: from the publish until the broker's
+//! confirm, or its refusal) and `nameko_publishes_total{outcome}` (`routed`,
+//! `returned`, `nacked`, `failed`), recorded by the broker with [`record_publish`].
+//!
+//! Nothing else is counted when `METRICS_ADDRESS` is unset. Give the runner a [`Metrics`]
 //! resource to read the numbers in code ([`Metrics::render`]) or to serve them yourself.
 
 use std::{
@@ -40,6 +45,115 @@ pub const METRICS_ADDRESS_KEY: &str = "METRICS_ADDRESS";
 /// Upper bounds of the duration histogram's buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Upper bounds of the publish confirm histogram's buckets, in seconds.
+const CONFIRM_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// How a publish ended, for [`record_publish`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishOutcome {
+    /// Confirmed, and routed to a queue (or not mandatory).
+    Routed,
+    /// Mandatory, and returned unroutable.
+    Returned,
+    /// The broker refused it (`basic.nack`).
+    Nacked,
+    /// No confirm: the channel or connection failed first.
+    Failed,
+}
+
+impl PublishOutcome {
+    const ALL: [Self; 4] = [Self::Routed, Self::Returned, Self::Nacked, Self::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Routed => "routed",
+            Self::Returned => "returned",
+            Self::Nacked => "nacked",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A histogram of fixed bounds: a count per bucket (not cumulative, then one above the
+/// last bound) and the sum in microseconds.
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    buckets: [AtomicU64; N],
+    above: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    const fn new(bounds: [f64; N]) -> Self {
+        Self {
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; N],
+            above: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        match self.bounds.iter().position(|&bound| seconds <= bound) {
+            Some(bucket) => self.buckets[bucket].fetch_add(1, Ordering::Relaxed),
+            None => self.above.fetch_add(1, Ordering::Relaxed),
+        };
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of `name`, with `labels` (`a="b"`, or
+    /// empty).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += load(count);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += load(&self.above);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
+        let sum = load(&self.sum_micros) as f64 / 1e6;
+        let braces = |labels: &str| {
+            if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{labels}}}")
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
+    }
+}
+
+/// The process's publishes (every broker connection): confirm latency and outcomes.
+static PUBLISHES: Publishes = Publishes {
+    confirm: Histogram::new(CONFIRM_BUCKETS),
+    outcomes: [const { AtomicU64::new(0) }; 4],
+};
+
+struct Publishes {
+    confirm: Histogram<12>,
+    outcomes: [AtomicU64; 4],
+}
+
+/// Records one publish that waited `elapsed` for the broker's answer: how brokers feed
+/// `nameko_publish_confirm_seconds` and `nameko_publishes_total`. Process-wide, cheap
+/// (a few relaxed atomic additions), and rendered by every [`Metrics`].
+pub fn record_publish(elapsed: Duration, outcome: PublishOutcome) {
+    PUBLISHES.confirm.observe(elapsed);
+    let index = PublishOutcome::ALL
+        .iter()
+        .position(|&o| o == outcome)
+        .unwrap_or_default();
+    PUBLISHES.outcomes[index].fetch_add(1, Ordering::Relaxed);
+}
+
 /// The largest request head the metrics endpoint reads.
 const MAX_HEAD: usize = 8 * 1024;
 
@@ -61,9 +175,7 @@ pub(crate) struct EntrypointStats {
     requests: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicI64,
-    /// Per bucket (not cumulative), then one for everything above the last bound.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
+    duration: Histogram<12>,
 }
 
 impl EntrypointStats {
@@ -79,14 +191,7 @@ impl EntrypointStats {
         if !success {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let seconds = elapsed.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.duration.observe(elapsed);
     }
 }
 
@@ -117,8 +222,7 @@ impl Metrics {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_micros: AtomicU64::new(0),
+            duration: Histogram::new(BUCKETS),
         });
         all.push(Arc::clone(&stats));
         stats
@@ -164,28 +268,34 @@ impl Metrics {
             "How long workers took, dependency hooks included.",
         );
         for s in &all {
-            let labels = labels(s);
-            let mut cumulative = 0;
-            for (bound, count) in BUCKETS.iter().zip(&s.buckets) {
-                cumulative += load(count);
-                let _ = writeln!(
-                    out,
-                    "nameko_worker_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            cumulative += load(&s.buckets[BUCKETS.len()]);
-            let _ = writeln!(
-                out,
-                "nameko_worker_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
-            );
-            let sum = load(&s.sum_micros) as f64 / 1e6;
-            let _ = writeln!(out, "nameko_worker_duration_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "nameko_worker_duration_seconds_count{{{labels}}} {cumulative}");
+            s.duration
+                .render(&mut out, "nameko_worker_duration_seconds", &labels(s));
         }
         family(&mut out, "nameko_workers_in_flight", "gauge", "Workers running now.");
         for s in &all {
             let in_flight = s.in_flight.load(Ordering::Relaxed).max(0);
             let _ = writeln!(out, "nameko_workers_in_flight{{{}}} {in_flight}", labels(s));
+        }
+        family(
+            &mut out,
+            "nameko_publish_confirm_seconds",
+            "histogram",
+            "How long publishes to RabbitMQ waited for the broker's confirm (or refusal).",
+        );
+        PUBLISHES.confirm.render(&mut out, "nameko_publish_confirm_seconds", "");
+        family(
+            &mut out,
+            "nameko_publishes_total",
+            "counter",
+            "Publishes to RabbitMQ, by how they ended.",
+        );
+        for (outcome, count) in PublishOutcome::ALL.iter().zip(&PUBLISHES.outcomes) {
+            let _ = writeln!(
+                out,
+                "nameko_publishes_total{{outcome=\"{}\"}} {}",
+                outcome.label(),
+                load(count)
+            );
         }
         if let Some(report) = readiness {
             family(
@@ -374,6 +484,33 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no line `{line}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn publishes_are_counted_for_the_process() {
+        let line = |text: &str, prefix: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no `{prefix}` in:\n{text}"))
+        };
+        let before = Metrics::new().render(None);
+        record_publish(Duration::from_micros(700), PublishOutcome::Routed);
+        record_publish(Duration::from_secs(9), PublishOutcome::Failed);
+        // Another registry renders the same, process-wide numbers.
+        let after = Metrics::new().render(None);
+        for (prefix, added) in [
+            ("nameko_publish_confirm_seconds_count ", 2),
+            ("nameko_publish_confirm_seconds_bucket{le=\"0.001\"} ", 1),
+            ("nameko_publish_confirm_seconds_bucket{le=\"+Inf\"} ", 2),
+            ("nameko_publishes_total{outcome=\"routed\"} ", 1),
+            ("nameko_publishes_total{outcome=\"failed\"} ", 1),
+        ] {
+            // Other tests of this process may publish too: at least ours are there.
+            assert!(line(&after, prefix) >= line(&before, prefix) + added, "{prefix}");
+        }
+        assert!(after.contains("# TYPE nameko_publish_confirm_seconds histogram"));
+        assert!(after.contains("nameko_publishes_total{outcome=\"returned\"} "));
     }
 
     #[test]

@@ -373,3 +373,90 @@ fn every_verb_has_help_with_examples() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8(output.stderr).unwrap().contains("greeting=0"));
 }
+
+/// `GET path` on `port` (HTTP/1.1, one request): the body.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    body.to_owned()
+}
+
+/// The value of the metric line starting with `prefix` (name and labels).
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_are_scraped_from_a_run_process_on_rabbitmq() {
+    let Some(rabbit) = RabbitMq::from_env().await else {
+        return;
+    };
+    let _turn = TURN.lock().await;
+    for service in ["greeting", "listen"] {
+        rabbit.claim_service(service);
+    }
+    let port = closed_port();
+    let cluster = Process::start(
+        &with_broker(
+            &rabbit,
+            &["run", "greeting", "listen"],
+            &[format!("METRICS_ADDRESS=127.0.0.1:{port}")],
+        ),
+        false,
+    );
+    cluster.wait_for("metrics, health and readiness on", 60).await;
+    rabbit
+        .wait_for_consumers("evt-greeting-greeted--listen.on_greeted", 1, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", cluster.output()));
+    let client = ClusterRpc::connect(rabbit.broker(), &rabbit.config(json!(null)))
+        .await
+        .unwrap();
+    rabbit.claim_queue(client.client().reply_queue());
+    assert_eq!(
+        client.call("greeting", "greet", json!(["Ada"])).await.unwrap(),
+        "Hi, Ada!"
+    );
+
+    // The event is handled a moment after the reply.
+    let handled = r#"nameko_worker_requests_total{service="listen",entrypoint="on_greeted",kind="event_handler"}"#;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = http_get(port, "/metrics").await;
+        if metric(&text, handled) == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let greet = r#"service="greeting",entrypoint="greet",kind="rpc""#;
+    for (prefix, expected) in [
+        (format!("nameko_worker_requests_total{{{greet}}}"), 1.0),
+        (format!("nameko_worker_errors_total{{{greet}}}"), 0.0),
+        (handled.to_owned(), 1.0),
+        ("nameko_ready".to_owned(), 1.0),
+        (
+            r#"nameko_readiness_part_ready{part="RabbitMQ connection"}"#.to_owned(),
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(&text, &prefix), Some(expected), "{prefix} in:\n{text}");
+    }
+    // The reply and the `greeted` event, each confirmed by RabbitMQ.
+    let routed = metric(&text, r#"nameko_publishes_total{outcome="routed"}"#).unwrap_or_default();
+    let confirmed = metric(&text, "nameko_publish_confirm_seconds_count").unwrap_or_default();
+    assert!(routed >= 2.0 && confirmed >= routed, "{text}");
+    let ready: serde_json::Value = serde_json::from_str(&http_get(port, "/ready").await).unwrap();
+    assert_eq!(ready, json!({"ready": true}));
+
+    client.client().stop().await;
+    assert_eq!(cluster.terminate(), Some(0));
+    rabbit.cleanup().await.unwrap();
+}

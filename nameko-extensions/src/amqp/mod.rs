@@ -70,7 +70,7 @@ use lapin::{
     },
     types::FieldTable,
 };
-use nameko_core::Readiness;
+use nameko_core::{Readiness, metrics};
 use tokio::sync::{Mutex as AsyncMutex, broadcast, oneshot, watch};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -913,6 +913,7 @@ impl Broker for AmqpBroker {
             correlation_id: message.properties.correlation_id.take(),
             body: message.body.clone(),
         });
+        let started = std::time::Instant::now();
         let attempt = async {
             let (channel, confirms) = inner.publisher_channel(message.mandatory).await?;
             // A mandatory publish is tracked before it is sent: see `confirms` for why.
@@ -936,33 +937,22 @@ impl Broker for AmqpBroker {
         // pending across its recovery: a loss ends the wait here instead.
         let confirmation = tokio::select! {
             biased;
-            confirmation = attempt => confirmation?,
-            _ = losses.changed() => {
-                return Err(BrokerError::ConnectionLost(format!(
-                    "the connection to {} was lost before the broker confirmed the publish: \
-                     it may or may not have been routed",
-                    inner.uri
-                )));
-            }
+            confirmation = attempt => confirmation,
+            _ = losses.changed() => Err(BrokerError::ConnectionLost(format!(
+                "the connection to {} was lost before the broker confirmed the publish: \
+                 it may or may not have been routed",
+                inner.uri
+            ))),
         };
-        match confirmation {
-            Ok(Confirmed::Returned { code, text }) => Ok(PublishOutcome::Returned { code, text }),
-            Ok(Confirmed::Ack) => Ok(PublishOutcome::Routed),
-            Ok(Confirmed::Nack) => Ok(PublishOutcome::Nacked),
-            Err(error) => match inner.error(&error) {
-                // RabbitMQ closes the channel with 404 for a missing exchange; other
-                // publishes in flight on the channel see the same error, but name
-                // another exchange.
-                BrokerError::NotFound(text) if text.contains(&format!("'{}'", message.exchange)) => {
-                    Err(BrokerError::NotFound(text))
-                }
-                BrokerError::ConnectionLost(text) => Err(BrokerError::ConnectionLost(text)),
-                other => {
-                    tracing::debug!(error = %other, "the publisher channel closed before the confirm");
-                    Ok(PublishOutcome::ChannelClosed)
-                }
-            },
-        }
+        let outcome = publish_outcome(confirmation, inner, &message.exchange);
+        let recorded = match &outcome {
+            Ok(PublishOutcome::Routed) => metrics::PublishOutcome::Routed,
+            Ok(PublishOutcome::Returned { .. }) => metrics::PublishOutcome::Returned,
+            Ok(PublishOutcome::Nacked) => metrics::PublishOutcome::Nacked,
+            Ok(_) | Err(_) => metrics::PublishOutcome::Failed,
+        };
+        metrics::record_publish(started.elapsed(), recorded);
+        outcome
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, BrokerError> {
@@ -1238,5 +1228,30 @@ impl Acker for AmqpAcker {
 
     async fn reject(&self, requeue: bool) -> Result<AckOutcome, BrokerError> {
         Ok(settled(self.acker.reject(BasicRejectOptions { requeue }).await))
+    }
+}
+
+/// What a publish came to, from the broker's answer (or the failure to get one).
+fn publish_outcome(
+    confirmation: Result<Result<Confirmed, lapin::Error>, BrokerError>,
+    inner: &Inner,
+    exchange: &str,
+) -> Result<PublishOutcome, BrokerError> {
+    let confirmation = confirmation?;
+    match confirmation {
+        Ok(Confirmed::Returned { code, text }) => Ok(PublishOutcome::Returned { code, text }),
+        Ok(Confirmed::Ack) => Ok(PublishOutcome::Routed),
+        Ok(Confirmed::Nack) => Ok(PublishOutcome::Nacked),
+        Err(error) => match inner.error(&error) {
+            // RabbitMQ closes the channel with 404 for a missing exchange; other
+            // publishes in flight on the channel see the same error, but name
+            // another exchange.
+            BrokerError::NotFound(text) if text.contains(&format!("'{exchange}'")) => Err(BrokerError::NotFound(text)),
+            BrokerError::ConnectionLost(text) => Err(BrokerError::ConnectionLost(text)),
+            other => {
+                tracing::debug!(error = %other, "the publisher channel closed before the confirm");
+                Ok(PublishOutcome::ChannelClosed)
+            }
+        },
     }
 }
