@@ -769,15 +769,19 @@ fn describe(timeout: Duration) -> String {
     format!("{}s", timeout.as_secs_f64())
 }
 
-/// Prints `err` as `error: ...` followed by each of its causes its message does not
-/// already tell (`: cause`), or a remote error as `exc_type: value`; passwords masked.
+/// Prints `err` as `error: ...` (a start error followed by each of its causes its
+/// message does not already tell, `: cause`), or a remote error as `exc_type: value`;
+/// passwords masked.
 fn report(stderr: &mut dyn Write, err: &CliError) -> io::Result<()> {
     match err {
         CliError::Rpc {
             error: RpcError::Remote(_),
             ..
         } => writeln!(stderr, "{}", mask_secrets(&err.to_string())),
-        _ => writeln!(stderr, "error: {}", mask_secrets(&with_causes(err))),
+        // A start error's message stops at what failed ("could not consume `rpc-x`");
+        // its causes say why. Other errors word their causes themselves.
+        CliError::Container(_) => writeln!(stderr, "error: {}", mask_secrets(&with_causes(err))),
+        _ => writeln!(stderr, "error: {}", mask_secrets(&err.to_string())),
     }?;
     stderr.flush()
 }
@@ -862,11 +866,14 @@ mod tests {
             "could not consume `rpc-x`: inequivalent arg 'x-queue-type'"
         );
         let told = CliError::Resources(Box::new(io::Error::other("no pool")));
+        assert_eq!(with_causes(&told), "the resources hook failed: no pool");
+        // Only a start error gets its causes printed; others word theirs.
+        let reworded = CliError::Resources(Box::new(untold));
         let mut out = Vec::new();
-        report(&mut out, &told).unwrap();
+        report(&mut out, &reworded).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "error: the resources hook failed: no pool\n"
+            "error: the resources hook failed: could not consume `rpc-x`\n"
         );
     }
 }

@@ -381,6 +381,10 @@ impl WorkerContext {
     pub fn outgoing_data(&self) -> ContextData {
         let mut data = self.inner.data.clone();
         data.insert(CALL_ID_STACK_KEY, self.inner.call_id_stack.clone());
+        // With spans, each outgoing message carries its own span's trace context
+        // (`otel::OutgoingSpan`), never the one this worker received.
+        #[cfg(feature = "otel")]
+        data.remove(crate::otel::TRACEPARENT_KEY);
         data
     }
 

@@ -20,6 +20,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `registry` | yes | [`registry`]: services found by name with `inventory` |
+//! | `otel` | no | `otel`: OpenTelemetry spans for workers and what they send, linked by W3C trace context |
 
 pub mod config;
 mod container;
@@ -33,6 +34,8 @@ mod error;
 mod extension;
 pub mod ids;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod readiness;
 pub mod redact;
 #[cfg(feature = "registry")]

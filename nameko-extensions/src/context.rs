@@ -105,6 +105,64 @@ pub(crate) fn outgoing_context(cx: Option<&WorkerContext>, data: &ContextData) -
     }
 }
 
+/// What an outgoing message is, for its span.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Sending {
+    /// An RPC call.
+    Call,
+    /// An event dispatch.
+    Dispatch,
+    /// A `Publisher` message.
+    Publish,
+}
+
+/// The span of one outgoing message (feature `otel`; nothing without it): a child of the
+/// worker's span, its `traceparent` put in the message's context data. It ends when
+/// dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Traced {
+    #[cfg(feature = "otel")]
+    span: Option<nameko_core::otel::OutgoingSpan>,
+}
+
+impl Traced {
+    /// Starts the span `name()` and puts its `traceparent` in `data`.
+    #[cfg_attr(
+        not(feature = "otel"),
+        expect(unused_variables, reason = "spans are the otel feature's")
+    )]
+    pub(crate) fn start(sending: Sending, name: impl FnOnce() -> String, data: &mut ContextData) -> Self {
+        #[cfg(feature = "otel")]
+        {
+            use nameko_core::otel::{Outgoing, OutgoingSpan, TRACEPARENT_KEY};
+            let kind = match sending {
+                Sending::Call => Outgoing::Call,
+                Sending::Dispatch => Outgoing::Dispatch,
+                Sending::Publish => Outgoing::Publish,
+            };
+            let span = OutgoingSpan::start(kind, name());
+            if let Some(traceparent) = span.traceparent() {
+                data.insert(TRACEPARENT_KEY, traceparent);
+            }
+            Self { span: Some(span) }
+        }
+        #[cfg(not(feature = "otel"))]
+        Self {}
+    }
+
+    /// Marks the span failed when `result` is an error.
+    #[cfg_attr(
+        not(feature = "otel"),
+        expect(unused_variables, reason = "spans are the otel feature's")
+    )]
+    pub(crate) fn check<T, E: std::fmt::Display>(&self, result: &Result<T, E>) {
+        #[cfg(feature = "otel")]
+        if let (Some(span), Err(err)) = (&self.span, result) {
+            span.set_error(&err.to_string());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -257,6 +257,8 @@ where
         let Call { data, extensions, args } = call;
         let cx = WorkerContext::with_call_args(S::NAME, self.info.clone(), data, core.config.clone(), extensions, args);
         let handle_cx = cx.clone();
+        #[cfg(feature = "otel")]
+        let otel = crate::otel::worker_context(&cx);
         let handler = Arc::clone(&self.handler);
         // The span covers the whole task, the entrypoint's continuation (reply, ack) too,
         // so every line a worker logs names its service, entrypoint, call id and trace id.
@@ -271,11 +273,15 @@ where
                 let started = std::time::Instant::now();
                 // Borrowed, not cloned: a token's clone and drop each lock its shared node.
                 let lifecycle = run_lifecycle(&core, &*handler, &cx, request);
+                #[cfg(feature = "otel")]
+                let lifecycle = crate::otel::in_context(lifecycle, otel.clone());
                 let result = tokio::select! {
                     biased;
                     () = core.killed.cancelled() => Err(WorkerError::Killed),
                     result = lifecycle => result,
                 };
+                #[cfg(feature = "otel")]
+                crate::otel::finish(&otel, &result);
                 drop(permits);
                 let elapsed = started.elapsed();
                 if let Some(stats) = &stats {

@@ -13,7 +13,7 @@ use tokio::sync::OnceCell;
 use super::events_exchange_declare;
 use crate::{
     broker::{Exchange, Properties, Publish, PublishOutcome, SharedBroker, Topology},
-    context::{headers_from_context, outgoing_context},
+    context::{Sending, Traced, headers_from_context, outgoing_context},
     transport,
 };
 
@@ -213,7 +213,12 @@ impl EventDispatcher {
                 .await
                 .map_err(|err| transport(err.to_string()))?;
         }
-        let data = outgoing_context(self.cx.as_ref(), &self.data);
+        let mut data = outgoing_context(self.cx.as_ref(), &self.data);
+        let span = Traced::start(
+            Sending::Dispatch,
+            || format!("{} {event_type}", exchange.name),
+            &mut data,
+        );
         let message = Publish {
             exchange: exchange.name.clone(),
             routing_key: event_type.to_owned(),
@@ -221,12 +226,14 @@ impl EventDispatcher {
             properties: Properties::json(headers_from_context(&data)),
             body: Bytes::from(body),
         };
-        match broker.publish(message).await {
+        let dispatched = match broker.publish(message).await {
             Ok(PublishOutcome::Routed | PublishOutcome::Returned { .. }) => Ok(()),
             Ok(PublishOutcome::Nacked) => Err(transport("the broker refused it (nack)".into())),
             Ok(PublishOutcome::ChannelClosed) => Err(transport("the channel closed before the confirm".into())),
             Err(err) => Err(transport(err.to_string())),
-        }
+        };
+        span.check(&dispatched);
+        dispatched
     }
 }
 

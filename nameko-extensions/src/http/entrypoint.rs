@@ -198,6 +198,13 @@ where
         .get(TRACE_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    // The caller's span, which the worker's continues (validated by the core).
+    #[cfg(feature = "otel")]
+    let traceparent = request
+        .headers()
+        .get(nameko_core::otel::TRACEPARENT_KEY)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     // Extracted before a worker slot is taken: a slow body or a bad request never holds one.
     let args = match Args::from_http_request(request).await {
         Ok(args) => args,
@@ -210,6 +217,10 @@ where
     let mut data = ContextData::new();
     if let Some(trace_id) = trace_id {
         data.insert(TRACE_ID_KEY, trace_id);
+    }
+    #[cfg(feature = "otel")]
+    if let Some(traceparent) = traceparent {
+        data.insert(nameko_core::otel::TRACEPARENT_KEY, traceparent);
     }
     // The worker runs in a task its container owns: if the client goes away and this
     // future is dropped, the worker still finishes and runs its hooks.

@@ -15,7 +15,7 @@ use crate::{
     broker::{
         Exchange, ExchangeKind, FieldValue, Headers, Properties, Publish, PublishOutcome, SharedBroker, Topology,
     },
-    context::{headers_from_context, outgoing_context},
+    context::{Sending, Traced, headers_from_context, outgoing_context},
     transport,
 };
 
@@ -464,14 +464,16 @@ impl Publisher {
             .await
             .map_err(|err| transport(format!("declaring failed: {err}")))?;
         let mandatory = options.mandatory.unwrap_or(false);
+        let mut context = outgoing_context(self.cx.as_ref(), &self.data);
+        let span = Traced::start(Sending::Publish, || format!("{exchange} {routing_key}"), &mut context);
         let message = Publish {
             exchange: exchange.to_owned(),
             routing_key: routing_key.clone(),
             mandatory,
-            properties: self.properties(options),
+            properties: Self::properties(options, &context),
             body: Bytes::from(body),
         };
-        match broker.publish(message).await {
+        let published = match broker.publish(message).await {
             Ok(PublishOutcome::Routed) => Ok(()),
             Ok(PublishOutcome::Returned { code, text }) => Err(PublishError::Undeliverable {
                 exchange: exchange.to_owned(),
@@ -484,17 +486,19 @@ impl Publisher {
                 "the channel closed before the confirm: it may or may not have been routed".into(),
             )),
             Err(err) => Err(transport(err.to_string())),
-        }
+        };
+        span.check(&published);
+        published
     }
 
     /// The message's properties: Nameko's for JSON, the options, and the headers —
-    /// the options' with the context's over them.
-    fn properties(&self, options: PublishOptions) -> Properties {
+    /// the options' with the `context`'s over them.
+    fn properties(options: PublishOptions, context: &ContextData) -> Properties {
         let mut headers = Headers::new();
         for (name, value) in &options.headers {
             headers.insert(name.clone(), FieldValue::from_json(value));
         }
-        let context = headers_from_context(&outgoing_context(self.cx.as_ref(), &self.data));
+        let context = headers_from_context(context);
         for (name, value) in context.iter() {
             headers.insert(name, value.clone());
         }
@@ -684,7 +688,8 @@ mod tests {
             .header("tenant", "acme")
             .expiration(Duration::from_millis(1500))
             .correlation_id("c-1");
-        let properties = publisher.properties(options);
+        let context = outgoing_context(publisher.cx.as_ref(), &publisher.data);
+        let properties = Publisher::properties(options, &context);
         let headers = properties.headers.as_ref().unwrap();
         assert_eq!(headers.get("nameko.user_id"), Some(&FieldValue::String("u-1".into())));
         assert_eq!(headers.get("tenant"), Some(&FieldValue::String("acme".into())));

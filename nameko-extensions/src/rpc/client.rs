@@ -22,7 +22,7 @@ use crate::{
         SharedBroker, Topology, expiration_for,
     },
     consumer::{DeliveryHandler, QueueConsumer},
-    context::headers_from_context,
+    context::{Traced, headers_from_context},
 };
 
 /// How long a reply queue outlives its last consumer (Nameko's `x-expires`).
@@ -350,6 +350,7 @@ impl RpcClient {
             target: format!("{service}.{method}"),
             correlation_id,
             client: self.clone(),
+            span: Traced::default(),
         })
     }
 
@@ -397,6 +398,8 @@ pub struct RpcReply {
     target: String,
     correlation_id: String,
     client: RpcClient,
+    /// The call's span, ended with the reply.
+    span: Traced,
 }
 
 impl RpcReply {
@@ -420,31 +423,52 @@ impl RpcReply {
             target,
             correlation_id,
             client,
+            span,
         } = self;
-        let received = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(received) => received,
-                Err(_) => {
-                    client
-                        .inner
-                        .replies
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&correlation_id);
-                    return Err(RpcError::Timeout {
-                        target,
-                        after: timeout.unwrap_or_default(),
-                    });
-                }
-            },
-            None => rx.await,
-        };
-        match received {
-            Ok(Err(RpcError::ConnectionLost { reason, .. })) => Err(RpcError::ConnectionLost { target, reason }),
-            Ok(result) => result,
-            Err(_) => Err(RpcError::Transport("the reply listener stopped".into())),
-        }
+        let result = wait(rx, deadline, timeout, target, correlation_id, client).await;
+        span.check(&result);
+        result
+    }
+
+    /// The same reply, its call's span ending with it.
+    pub(super) fn traced(mut self, span: Traced) -> Self {
+        self.span = span;
+        self
+    }
+}
+
+/// Waits for the reply on `rx` until `deadline`.
+async fn wait(
+    rx: oneshot::Receiver<Result<Value, RpcError>>,
+    deadline: Option<tokio::time::Instant>,
+    timeout: Option<Duration>,
+    target: String,
+    correlation_id: String,
+    client: RpcClient,
+) -> Result<Value, RpcError> {
+    let received = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
+            Ok(received) => received,
+            Err(_) => {
+                client
+                    .inner
+                    .replies
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&correlation_id);
+                return Err(RpcError::Timeout {
+                    target,
+                    after: timeout.unwrap_or_default(),
+                });
+            }
+        },
+        None => rx.await,
+    };
+    match received {
+        Ok(Err(RpcError::ConnectionLost { reason, .. })) => Err(RpcError::ConnectionLost { target, reason }),
+        Ok(result) => result,
+        Err(_) => Err(RpcError::Transport("the reply listener stopped".into())),
     }
 }
 

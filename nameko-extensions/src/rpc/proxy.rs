@@ -10,7 +10,11 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use super::{RpcArgs, RpcClient, RpcError, RpcReply};
-use crate::{broker::SharedBroker, transport};
+use crate::{
+    broker::SharedBroker,
+    context::{Sending, Traced},
+    transport,
+};
 
 /// The timeout of calls made by the RPC dependencies unless the config's
 /// `rpc_timeout` (seconds; `0` waits forever) or the field's `timeout` argument says
@@ -130,7 +134,7 @@ impl ClusterRpc {
         method: &str,
         args: impl Into<RpcArgs>,
     ) -> Result<RpcReply, RpcError> {
-        let data = match &self.cx {
+        let mut data = match &self.cx {
             Some(cx) => cx.outgoing_data(),
             None => {
                 // A standalone call is the edge: a fresh trace, and a call id of its own
@@ -144,9 +148,13 @@ impl ClusterRpc {
                 data
             }
         };
-        self.client
+        let span = Traced::start(Sending::Call, || format!("{service}.{method}"), &mut data);
+        let reply = self
+            .client
             .call_async(service, method, args.into(), &data, self.timeout)
-            .await
+            .await;
+        span.check(&reply);
+        Ok(reply?.traced(span))
     }
 
     /// The same proxy with another timeout (`None` waits forever).

@@ -419,6 +419,11 @@ pub(crate) fn context_from_upgrade(headers: &HeaderMap) -> ContextData {
     if let Some(trace_id) = crate::http::edge::adopted_trace_id(headers) {
         data.insert(TRACE_ID_KEY, trace_id);
     }
+    // The caller's span, which each call's worker continues (validated by the core).
+    #[cfg(feature = "otel")]
+    if let Some(traceparent) = headers.get("traceparent").and_then(|value| value.to_str().ok()) {
+        data.insert(nameko_core::otel::TRACEPARENT_KEY, traceparent);
+    }
     data
 }
 
@@ -475,5 +480,15 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-trace-id", "bad id!".parse().unwrap());
         assert_eq!(context_from_upgrade(&headers).trace_id(), None);
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn the_traceparent_goes_to_each_call_for_its_span() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", parent.parse().unwrap());
+        let data = context_from_upgrade(&headers);
+        assert_eq!(data.get_str(nameko_core::otel::TRACEPARENT_KEY), Some(parent));
     }
 }

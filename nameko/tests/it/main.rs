@@ -7,6 +7,8 @@ mod http;
 mod interop;
 mod macros;
 mod messaging;
+#[cfg(feature = "otel")]
+mod otel;
 mod quorum;
 mod retry;
 mod standalone;
