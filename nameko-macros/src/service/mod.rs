@@ -239,7 +239,7 @@ mod tests {
             [
                 "unknown key `colour` in `#[service]`; expected one of: `name`, `crate`",
                 "entrypoint methods must be `async fn`",
-                "unknown key `nmae` in `#[rpc]`; expected one of: `name`, `max_workers`",
+                "unknown key `nmae` in `#[rpc]`; expected one of: `name`, `max_workers`, `queue_type`, `sensitive`",
                 "entrypoint methods take `&self`, not `&mut self`: keep per-call state in locals, shared state in a dependency",
             ]
         );

@@ -164,6 +164,17 @@ async fn quorum_queues_carry_calls_events_and_messages_on_the_memory_broker() {
     running.stop().await;
 }
 
+/// An error and its causes, as `run` prints a start error.
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// Starts one service on a fresh memory broker; the start's error, as text.
 async fn start_error<S: nameko::core::Service>(broker: &nameko::memory::MemoryBroker) -> String {
     let result = ServiceRunner::new(Config::default())
@@ -177,16 +188,7 @@ async fn start_error<S: nameko::core::Service>(broker: &nameko::memory::MemoryBr
             running.stop().await;
             panic!("the start succeeded")
         }
-        Err(err) => {
-            // The error and its causes, as `run` prints them.
-            let mut text = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            text
-        }
+        Err(err) => with_causes(&err),
     }
 }
 

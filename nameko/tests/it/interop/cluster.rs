@@ -177,15 +177,7 @@ async fn a_quorum_rpc_queue_cannot_join_a_python_service() {
             running.stop().await;
             panic!("a quorum declare of Python's classic queue succeeded");
         }
-        Err(err) => {
-            let mut text = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            text
-        }
+        Err(err) => crate::quorum::with_causes(&err),
     };
     assert!(
         err.contains("inequivalent arg 'x-queue-type' for queue 'rpc-interop_qq_shared'")
