@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use nameko::{
-    broker::{Broker, FieldValue, Queue, QueueType, SharedBroker, Topology},
+    broker::{Broker, FieldValue, Queue, QueueType, Topology},
     core::{Config, ServiceRunner, deps::Dep},
     events::EventDispatcher,
     messaging::{PublishOptions, Publisher},
@@ -118,15 +118,13 @@ impl Fleeting {
     }
 }
 
-/// One call, one event and one message through the quorum queues, on `broker`.
-async fn round_trip(broker: SharedBroker, config: Config, seen: &Arc<Seen>) {
-    let rpc = ClusterRpc::connect(broker, &config).await.unwrap();
+/// One call, one event and one message through the quorum queues, with `rpc`.
+async fn round_trip(rpc: &ClusterRpc, seen: &Arc<Seen>) {
     assert_eq!(rpc.call("qq_orders", "place", json!([7])).await.unwrap(), 7);
     assert_eq!(rpc.call("qq_orders", "ping", json!([])).await.unwrap(), "pong");
     let mut got = seen.wait_for(2).await;
     got.sort_by_key(Value::to_string);
     assert_eq!(got, vec![json!({"event": {"id": 7}}), json!({"message": {"id": 7}})]);
-    rpc.client().stop().await;
 }
 
 fn assert_quorum(queues: &[(String, Option<FieldValue>)]) {
@@ -160,7 +158,9 @@ async fn quorum_queues_carry_calls_events_and_messages_on_the_memory_broker() {
         .map(|q| (q.queue.name.clone(), q.queue.arguments.get("x-queue-type").cloned()))
         .collect();
     assert_quorum(&queues);
-    round_trip(broker.shared(), Config::default(), &seen).await;
+    let rpc = ClusterRpc::connect(broker.shared(), &Config::default()).await.unwrap();
+    round_trip(&rpc, &seen).await;
+    rpc.client().stop().await;
     running.stop().await;
 }
 
@@ -269,7 +269,12 @@ async fn quorum_queues_carry_calls_events_and_messages_on_rabbitmq() {
             "{name}: {err}"
         );
     }
-    round_trip(rabbit.broker(), rabbit.config(Value::Null), &seen).await;
+    let rpc = ClusterRpc::connect(rabbit.broker(), &rabbit.config(Value::Null))
+        .await
+        .unwrap();
+    rabbit.claim_queue(rpc.client().reply_queue());
+    round_trip(&rpc, &seen).await;
+    rpc.client().stop().await;
     running.stop().await;
     rabbit.cleanup().await.unwrap();
 }
