@@ -91,10 +91,12 @@ async fn no_secret_reaches_a_log_line_an_error_or_show_config() {
     };
 
     let mut service = Service::start(&url(&password), rabbit.rpc_exchange(), &["vault"], "debug");
-    rabbit
-        .wait_for_consumers("rpc-vault", 1, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}; log: {:#?}", service.log()));
+    for queue in ["rpc-vault", "evt-vault_source-deposit--vault.deposit"] {
+        rabbit
+            .wait_for_consumers(queue, 1, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}; log: {:#?}", service.log()));
+    }
     let rpc = ClusterRpc::connect(rabbit.broker(), &rabbit.config(Value::Null))
         .await
         .unwrap();
