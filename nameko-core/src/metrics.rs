@@ -17,7 +17,8 @@
 //! Publishes to RabbitMQ are counted for the whole process whatever the runner:
 //! `nameko_publish_confirm_seconds` (a histogram: from the publish until the broker's
 //! confirm, or its refusal) and `nameko_publishes_total{outcome}` (`routed`,
-//! `returned`, `nacked`, `failed`), recorded by the broker with [`record_publish`].
+//! `returned`, `nacked`, `failed`, `unconfirmed`), recorded by the broker with
+//! [`record_publish`].
 //!
 //! Nothing else is counted when `METRICS_ADDRESS` is unset. Give the runner a [`Metrics`]
 //! resource to read the numbers in code ([`Metrics::render`]) or to serve them yourself.
@@ -62,10 +63,20 @@ pub enum PublishOutcome {
     Nacked,
     /// No confirm: the channel or connection failed first.
     Failed,
+    /// The publisher stopped waiting before the broker answered: an RPC request whose
+    /// reply came first (the reply proves it was delivered). Not in the confirm
+    /// histogram.
+    Unconfirmed,
 }
 
 impl PublishOutcome {
-    const ALL: [Self; 4] = [Self::Routed, Self::Returned, Self::Nacked, Self::Failed];
+    const ALL: [Self; 5] = [
+        Self::Routed,
+        Self::Returned,
+        Self::Nacked,
+        Self::Failed,
+        Self::Unconfirmed,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -73,6 +84,7 @@ impl PublishOutcome {
             Self::Returned => "returned",
             Self::Nacked => "nacked",
             Self::Failed => "failed",
+            Self::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -134,19 +146,22 @@ impl<const N: usize> Histogram<N> {
 /// The process's publishes (every broker connection): confirm latency and outcomes.
 static PUBLISHES: Publishes = Publishes {
     confirm: Histogram::new(CONFIRM_BUCKETS),
-    outcomes: [const { AtomicU64::new(0) }; 4],
+    outcomes: [const { AtomicU64::new(0) }; 5],
 };
 
 struct Publishes {
     confirm: Histogram<12>,
-    outcomes: [AtomicU64; 4],
+    outcomes: [AtomicU64; 5],
 }
 
-/// Records one publish that waited `elapsed` for the broker's answer: how brokers feed
+/// Records one publish that waited `elapsed` for the broker's answer (for
+/// [`PublishOutcome::Unconfirmed`], counted only): how brokers feed
 /// `nameko_publish_confirm_seconds` and `nameko_publishes_total`. Process-wide, cheap
 /// (a few relaxed atomic additions), and rendered by every [`Metrics`].
 pub fn record_publish(elapsed: Duration, outcome: PublishOutcome) {
-    PUBLISHES.confirm.observe(elapsed);
+    if outcome != PublishOutcome::Unconfirmed {
+        PUBLISHES.confirm.observe(elapsed);
+    }
     let index = PublishOutcome::ALL
         .iter()
         .position(|&o| o == outcome)
@@ -497,6 +512,7 @@ mod tests {
         let before = Metrics::new().render(None);
         record_publish(Duration::from_micros(700), PublishOutcome::Routed);
         record_publish(Duration::from_secs(9), PublishOutcome::Failed);
+        record_publish(Duration::from_secs(1), PublishOutcome::Unconfirmed);
         // Another registry renders the same, process-wide numbers.
         let after = Metrics::new().render(None);
         for (prefix, added) in [
@@ -505,6 +521,7 @@ mod tests {
             ("nameko_publish_confirm_seconds_bucket{le=\"+Inf\"} ", 2),
             ("nameko_publishes_total{outcome=\"routed\"} ", 1),
             ("nameko_publishes_total{outcome=\"failed\"} ", 1),
+            ("nameko_publishes_total{outcome=\"unconfirmed\"} ", 1),
         ] {
             // Other tests of this process may publish too: at least ours are there.
             assert!(line(&after, prefix) >= line(&before, prefix) + added, "{prefix}");

@@ -845,6 +845,18 @@ fn check_topology(topology: &Topology) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// A publish in flight, for the metrics: one whose caller stops waiting before the
+/// confirm (an RPC call whose reply came first) is counted `unconfirmed` when dropped.
+struct Unconfirmed(Option<std::time::Instant>);
+
+impl Drop for Unconfirmed {
+    fn drop(&mut self) {
+        if let Some(started) = self.0 {
+            metrics::record_publish(started.elapsed(), metrics::PublishOutcome::Unconfirmed);
+        }
+    }
+}
+
 #[async_trait]
 impl Broker for AmqpBroker {
     async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
@@ -914,6 +926,8 @@ impl Broker for AmqpBroker {
             body: message.body.clone(),
         });
         let started = std::time::Instant::now();
+        // Counted as unconfirmed if this future is dropped before the confirm is read.
+        let mut waiting = Unconfirmed(Some(started));
         let attempt = async {
             let (channel, confirms) = inner.publisher_channel(message.mandatory).await?;
             // A mandatory publish is tracked before it is sent: see `confirms` for why.
@@ -951,6 +965,7 @@ impl Broker for AmqpBroker {
             Ok(PublishOutcome::Nacked) => metrics::PublishOutcome::Nacked,
             Ok(_) | Err(_) => metrics::PublishOutcome::Failed,
         };
+        waiting.0 = None;
         metrics::record_publish(started.elapsed(), recorded);
         outcome
     }

@@ -37,9 +37,23 @@ struct Replies {
 }
 
 impl Replies {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Result<Value, RpcError>>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the reply correlated by `correlation_id`.
+    fn register(&self, correlation_id: String, waiter: oneshot::Sender<Result<Value, RpcError>>) {
+        self.pending().insert(correlation_id, waiter);
+    }
+
+    /// Stops waiting for the reply correlated by `correlation_id`.
+    fn forget(&self, correlation_id: &str) {
+        self.pending().remove(correlation_id);
+    }
+
     /// Fails every waiting call: the connection was lost, their replies cannot come.
     fn fail_pending(&self, reason: &str) {
-        let pending: Vec<_> = self.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let pending: Vec<_> = self.pending().drain().collect();
         if !pending.is_empty() {
             tracing::warn!(calls = pending.len(), %reason, "the broker connection was lost: failing the RPC calls waiting for replies");
         }
@@ -124,7 +138,7 @@ impl DeliveryHandler for Replies {
             .properties
             .correlation_id
             .as_deref()
-            .and_then(|id| self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(id));
+            .and_then(|id| self.pending().remove(id));
         Box::pin(async move {
             match waiter {
                 Some(waiter) => {
@@ -240,6 +254,11 @@ impl RpcClient {
 
     /// Calls `service.method` and waits for the reply.
     ///
+    /// The request's publisher confirm is awaited side by side with the reply rather
+    /// than before it: a reply proves the request was delivered, so a call whose reply
+    /// comes first returns without waiting for the confirm; a request the broker
+    /// returns (nobody listens) still fails with [`RpcError::UnknownService`].
+    ///
     /// # Errors
     ///
     /// [`RpcError`]: the remote error, an unknown service, a timeout, a transport
@@ -252,7 +271,9 @@ impl RpcClient {
         data: &ContextData,
         timeout: Option<Duration>,
     ) -> Result<Value, RpcError> {
-        self.call_async(service, method, args, data, timeout).await?.await
+        self.send(service, method, args, data, timeout, Confirm::WithReply)
+            .await?
+            .await
     }
 
     /// Publishes a call to `service.method` and returns once it is routed; await the
@@ -270,6 +291,20 @@ impl RpcClient {
         data: &ContextData,
         timeout: Option<Duration>,
     ) -> Result<RpcReply, RpcError> {
+        self.send(service, method, args, data, timeout, Confirm::First).await
+    }
+
+    /// Publishes a call; with [`Confirm::First`] returns once the broker confirmed it,
+    /// with [`Confirm::WithReply`] at once, the confirm read by the returned reply.
+    pub(super) async fn send(
+        &self,
+        service: &str,
+        method: &str,
+        args: RpcArgs,
+        data: &ContextData,
+        timeout: Option<Duration>,
+        confirm: Confirm,
+    ) -> Result<RpcReply, RpcError> {
         for (what, name) in [("service", service), ("method", method)] {
             if name.is_empty() || name.contains('.') {
                 return Err(RpcError::InvalidTarget(format!(
@@ -284,20 +319,7 @@ impl RpcClient {
         properties.reply_to = Some(self.inner.reply_to.clone());
         properties.expiration = timeout.map(expiration_for);
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .replies
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(correlation_id.clone(), tx);
-        let forget = || {
-            self.inner
-                .replies
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&correlation_id);
-        };
+        self.inner.replies.register(correlation_id.clone(), tx);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let message = Publish {
             exchange: self.inner.exchange.clone(),
@@ -306,76 +328,41 @@ impl RpcClient {
             properties,
             body: Bytes::from(args.to_body()),
         };
-        // The publish waits for the broker's confirm: bounded by the call's deadline too,
-        // so a stalled connection (packets held, not yet known lost) cannot outlast it.
-        // A request confirmed later expires unrun in the queue (`expiration`).
-        let published = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, self.inner.broker.publish(message)).await {
-                Ok(published) => published,
-                Err(_) => {
-                    forget();
-                    return Err(RpcError::Timeout {
-                        target: format!("{service}.{method}"),
-                        after: timeout.unwrap_or_default(),
-                    });
-                }
-            },
-            None => self.inner.broker.publish(message).await,
-        };
-        match published {
-            Ok(PublishOutcome::Routed) => {}
-            Ok(PublishOutcome::Returned { .. }) => {
-                forget();
-                return Err(RpcError::UnknownService(service.to_owned()));
-            }
-            Ok(PublishOutcome::Nacked) => {
-                forget();
-                return Err(RpcError::Transport("the broker refused the request (nack)".into()));
-            }
-            Ok(PublishOutcome::ChannelClosed) => {
-                forget();
-                return Err(RpcError::Transport(
-                    "the channel closed before the request was confirmed".into(),
-                ));
-            }
-            Err(err) => {
-                forget();
-                return Err(RpcError::Transport(err.to_string()));
-            }
-        }
-        Ok(RpcReply {
+        let target = message.routing_key.clone();
+        let broker = Arc::clone(&self.inner.broker);
+        let confirming: Confirming = Box::pin(async move { broker.publish(message).await });
+        let mut reply = RpcReply {
             rx,
             deadline,
             timeout,
-            target: format!("{service}.{method}"),
+            target,
             correlation_id,
             client: self.clone(),
+            confirming: None,
             span: Traced::default(),
-        })
+        };
+        // The confirm is awaited until the call's deadline, so a stalled connection
+        // (packets held, not yet known lost) cannot outlast it. A request confirmed
+        // later expires unrun in the queue (`expiration`).
+        match confirm {
+            Confirm::WithReply => reply.confirming = Some(confirming),
+            Confirm::First => reply.call().confirm(confirming).await?,
+        }
+        Ok(reply)
     }
 
     /// Stops listening for replies; calls still waiting fail.
     pub async fn stop(&self) {
         self.inner.stopped.cancel();
         self.inner.consumer.stop().await;
-        self.inner
-            .replies
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.inner.replies.pending().clear();
     }
 
     /// Stops listening now.
     pub fn kill(&self) {
         self.inner.stopped.cancel();
         self.inner.consumer.kill();
-        self.inner
-            .replies
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.inner.replies.pending().clear();
     }
 }
 
@@ -389,15 +376,30 @@ impl std::fmt::Debug for RpcClient {
     }
 }
 
+/// The request's publish, until the broker confirms it.
+type Confirming = Pin<Box<dyn Future<Output = Result<PublishOutcome, BrokerError>> + Send>>;
+
+/// When [`RpcClient::send`] reads the request's publisher confirm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Confirm {
+    /// Before it returns: the call was routed by then.
+    First,
+    /// While the reply is awaited, side by side with it.
+    WithReply,
+}
+
 /// A published call: await it for the result.
 #[must_use = "a reply does nothing unless awaited"]
 pub struct RpcReply {
     rx: oneshot::Receiver<Result<Value, RpcError>>,
     deadline: Option<tokio::time::Instant>,
     timeout: Option<Duration>,
+    /// `<service>.<method>`.
     target: String,
     correlation_id: String,
     client: RpcClient,
+    /// The request's publish, still waiting for its confirm (see [`Confirm::WithReply`]).
+    confirming: Option<Confirming>,
     /// The call's span, ended with the reply.
     span: Traced,
 }
@@ -414,18 +416,45 @@ impl RpcReply {
     ///
     /// The remote error, [`RpcError::Timeout`] past the deadline,
     /// [`RpcError::ConnectionLost`] at once when the broker connection is lost while
-    /// waiting, or [`RpcError::Transport`] when the reply listener stopped.
+    /// waiting, [`RpcError::Transport`] when the reply listener stopped, and — for a
+    /// call whose confirm is read with the reply — [`RpcError::UnknownService`] when
+    /// the broker returned the request.
     pub async fn result(self) -> Result<Value, RpcError> {
         let Self {
-            rx,
+            mut rx,
             deadline,
             timeout,
             target,
             correlation_id,
             client,
+            confirming,
             span,
         } = self;
-        let result = wait(rx, deadline, timeout, target, correlation_id, client).await;
+        let call = Call {
+            deadline,
+            timeout,
+            target: &target,
+            correlation_id: &correlation_id,
+            replies: &client.inner.replies,
+        };
+        let result = match confirming {
+            None => call.wait(&mut rx).await,
+            Some(confirming) => {
+                // Whichever comes first: a reply proves the request was delivered, so
+                // its confirm no longer matters (dropped unread); a confirm saying it
+                // was not routed means no reply can come.
+                let waiting = call.wait(&mut rx);
+                tokio::pin!(waiting);
+                tokio::select! {
+                    biased;
+                    result = &mut waiting => result,
+                    published = call.confirm(confirming) => match published {
+                        Ok(()) => waiting.await,
+                        Err(err) => Err(err),
+                    },
+                }
+            }
+        };
         span.check(&result);
         result
     }
@@ -435,40 +464,83 @@ impl RpcReply {
         self.span = span;
         self
     }
+
+    fn call(&self) -> Call<'_> {
+        Call {
+            deadline: self.deadline,
+            timeout: self.timeout,
+            target: &self.target,
+            correlation_id: &self.correlation_id,
+            replies: &self.client.inner.replies,
+        }
+    }
 }
 
-/// Waits for the reply on `rx` until `deadline`.
-async fn wait(
-    rx: oneshot::Receiver<Result<Value, RpcError>>,
+/// What waiting for one call's confirm and reply needs.
+struct Call<'a> {
     deadline: Option<tokio::time::Instant>,
     timeout: Option<Duration>,
-    target: String,
-    correlation_id: String,
-    client: RpcClient,
-) -> Result<Value, RpcError> {
-    let received = match deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
-            Ok(received) => received,
-            Err(_) => {
-                client
-                    .inner
-                    .replies
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&correlation_id);
-                return Err(RpcError::Timeout {
-                    target,
-                    after: timeout.unwrap_or_default(),
-                });
+    /// `<service>.<method>`.
+    target: &'a str,
+    correlation_id: &'a str,
+    replies: &'a Replies,
+}
+
+impl Call<'_> {
+    /// Gives up on the call: its reply will not be read.
+    fn fail(&self, error: RpcError) -> RpcError {
+        self.replies.forget(self.correlation_id);
+        error
+    }
+
+    fn timed_out(&self) -> RpcError {
+        self.fail(RpcError::Timeout {
+            target: self.target.to_owned(),
+            after: self.timeout.unwrap_or_default(),
+        })
+    }
+
+    /// Waits, until the deadline, for the request's confirm, and reads it: an error
+    /// unless the request was routed.
+    async fn confirm(&self, confirming: Confirming) -> Result<(), RpcError> {
+        let published = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, confirming)
+                .await
+                .map_err(|_| self.timed_out())?,
+            None => confirming.await,
+        };
+        match published {
+            Ok(PublishOutcome::Routed) => Ok(()),
+            Ok(PublishOutcome::Returned { .. }) => {
+                let service = self.target.split_once('.').map_or(self.target, |(service, _)| service);
+                Err(self.fail(RpcError::UnknownService(service.to_owned())))
             }
-        },
-        None => rx.await,
-    };
-    match received {
-        Ok(Err(RpcError::ConnectionLost { reason, .. })) => Err(RpcError::ConnectionLost { target, reason }),
-        Ok(result) => result,
-        Err(_) => Err(RpcError::Transport("the reply listener stopped".into())),
+            Ok(PublishOutcome::Nacked) => {
+                Err(self.fail(RpcError::Transport("the broker refused the request (nack)".into())))
+            }
+            Ok(PublishOutcome::ChannelClosed) => Err(self.fail(RpcError::Transport(
+                "the channel closed before the request was confirmed".into(),
+            ))),
+            Err(err) => Err(self.fail(RpcError::Transport(err.to_string()))),
+        }
+    }
+
+    /// Waits for the reply on `rx` until the deadline.
+    async fn wait(&self, rx: &mut oneshot::Receiver<Result<Value, RpcError>>) -> Result<Value, RpcError> {
+        let received = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, rx)
+                .await
+                .map_err(|_| self.timed_out())?,
+            None => rx.await,
+        };
+        match received {
+            Ok(Err(RpcError::ConnectionLost { reason, .. })) => Err(RpcError::ConnectionLost {
+                target: self.target.to_owned(),
+                reason,
+            }),
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Transport("the reply listener stopped".into())),
+        }
     }
 }
 

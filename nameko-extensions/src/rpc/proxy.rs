@@ -9,7 +9,7 @@ use nameko_core::{
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::{RpcArgs, RpcClient, RpcError, RpcReply};
+use super::{RpcArgs, RpcClient, RpcError, RpcReply, client::Confirm};
 use crate::{
     broker::SharedBroker,
     context::{Sending, Traced},
@@ -116,11 +116,14 @@ pub struct ClusterRpc {
 impl ClusterRpc {
     /// Calls `service.method` and waits for the result.
     ///
+    /// The request's publisher confirm is read side by side with the reply (see
+    /// [`RpcClient::call`]).
+    ///
     /// # Errors
     ///
     /// [`RpcError`].
     pub async fn call(&self, service: &str, method: &str, args: impl Into<RpcArgs>) -> Result<Value, RpcError> {
-        self.call_async(service, method, args).await?.await
+        self.send(service, method, args, Confirm::WithReply).await?.await
     }
 
     /// Publishes a call; await the reply later.
@@ -133,6 +136,16 @@ impl ClusterRpc {
         service: &str,
         method: &str,
         args: impl Into<RpcArgs>,
+    ) -> Result<RpcReply, RpcError> {
+        self.send(service, method, args, Confirm::First).await
+    }
+
+    async fn send(
+        &self,
+        service: &str,
+        method: &str,
+        args: impl Into<RpcArgs>,
+        confirm: Confirm,
     ) -> Result<RpcReply, RpcError> {
         let mut data = match &self.cx {
             Some(cx) => cx.outgoing_data(),
@@ -151,7 +164,7 @@ impl ClusterRpc {
         let span = Traced::start(Sending::Call, || format!("{service}.{method}"), &mut data);
         let reply = self
             .client
-            .call_async(service, method, args.into(), &data, self.timeout)
+            .send(service, method, args.into(), &data, self.timeout, confirm)
             .await;
         span.check(&reply);
         Ok(reply?.traced(span))

@@ -472,3 +472,84 @@ async fn without_a_broker_startup_says_how_to_give_one() {
         "{err}"
     );
 }
+
+/// The memory broker, except that a routed mandatory publish (an RPC request) is never
+/// confirmed: the message is delivered, the publisher waits forever.
+#[derive(Debug)]
+struct UnconfirmedRequests(nameko_extensions::broker::SharedBroker);
+
+#[async_trait::async_trait]
+impl nameko_extensions::broker::Broker for UnconfirmedRequests {
+    async fn declare(&self, topology: &Topology) -> Result<(), nameko_extensions::broker::BrokerError> {
+        self.0.declare(topology).await
+    }
+
+    async fn delete_queue(&self, name: &str) -> Result<(), nameko_extensions::broker::BrokerError> {
+        self.0.delete_queue(name).await
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<(), nameko_extensions::broker::BrokerError> {
+        self.0.delete_exchange(name).await
+    }
+
+    async fn publish(&self, message: Publish) -> Result<PublishOutcome, nameko_extensions::broker::BrokerError> {
+        let mandatory = message.mandatory;
+        match self.0.publish(message).await? {
+            PublishOutcome::Routed if mandatory => std::future::pending().await,
+            outcome => Ok(outcome),
+        }
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+    ) -> Result<nameko_extensions::broker::Consumer, nameko_extensions::broker::BrokerError> {
+        self.0.consume(queue, options).await
+    }
+
+    fn events(&self) -> tokio::sync::broadcast::Receiver<nameko_extensions::broker::ConnectionEvent> {
+        self.0.events()
+    }
+
+    async fn close(&self) {
+        self.0.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_reply_proves_delivery_before_the_request_is_confirmed() {
+    let broker = MemoryBroker::new();
+    let running = start_all(&broker, "").await;
+    let client = RpcClient::start(
+        Arc::new(UnconfirmedRequests(broker.shared())),
+        "nameko-rpc",
+        "standalone_rpc_proxy",
+        Some(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+
+    // `call` reads the confirm side by side with the reply: the reply is enough.
+    assert_eq!(call(&client, "maths", "add", json!([1, 2])).await.unwrap(), json!(3));
+    // A returned request still means nobody listens.
+    let err = call(&client, "ghost", "anything", json!([])).await.unwrap_err();
+    assert!(matches!(&err, RpcError::UnknownService(s) if s == "ghost"), "{err:?}");
+    // `call_async` promises a routed request: it waits for the confirm, until the
+    // call's deadline.
+    let err = client
+        .call_async("maths", "add", RpcArgs::from(json!([1, 2])), &edge_context(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Timeout { target, .. } if target == "maths.add"),
+        "{err:?}"
+    );
+
+    // The same through a `ClusterRpc`.
+    let rpc = ClusterRpc::standalone(client.clone());
+    assert_eq!(rpc.call("maths", "add", json!([2, 3])).await.unwrap(), json!(5));
+    let err = rpc.call("ghost", "x", json!([])).await.unwrap_err();
+    assert!(matches!(&err, RpcError::UnknownService(_)), "{err:?}");
+    running.stop().await;
+}
