@@ -209,7 +209,12 @@ impl AmqpUri {
     }
 
     /// lapin's form of the URI.
-    pub(crate) fn as_lapin(&self, heartbeat: u16, login: lapin::uri::SASLMechanism) -> lapin::uri::AMQPUri {
+    pub(crate) fn as_lapin(
+        &self,
+        heartbeat: u16,
+        login: lapin::uri::SASLMechanism,
+        frame_max: u32,
+    ) -> lapin::uri::AMQPUri {
         use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
         AMQPUri {
             scheme: if self.tls { AMQPScheme::AMQPS } else { AMQPScheme::AMQP },
@@ -225,6 +230,7 @@ impl AmqpUri {
             query: AMQPQueryString {
                 heartbeat: Some(self.heartbeat.unwrap_or(heartbeat)),
                 auth_mechanism: Some(login),
+                frame_max: Some(frame_max),
                 ..AMQPQueryString::default()
             },
         }
