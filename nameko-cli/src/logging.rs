@@ -152,30 +152,38 @@ impl LogSetup {
     /// Returns false, doing nothing, when one is already set.
     pub fn init(self) -> bool {
         let filter = self.filter();
-        let stream_filter = self.filter();
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let output: BoxedLayer = match self.format {
             LogFormat::Human => tracing_subscriber::fmt::layer()
                 .fmt_fields(crate::fields::LeanFields)
                 .with_writer(std::io::stderr)
                 .with_ansi(ansi)
-                .with_filter(filter)
                 .boxed(),
             LogFormat::Json => tracing_subscriber::fmt::layer()
                 .json()
                 .with_current_span(true)
                 .with_span_list(true)
                 .with_writer(std::io::stderr)
-                .with_filter(filter)
                 .boxed(),
         };
-        let mut layers = self.layers;
-        layers.insert(0, output);
         // The slot `run` fills when `LOG_STREAM` opts services in (`tail`): it streams
         // what the output shows.
-        layers.push(Box::new(
-            crate::log_stream::log_stream_layer().with_filter(stream_filter),
-        ));
+        let stream = crate::log_stream::log_stream_layer().boxed();
+        if self.layers.is_empty() {
+            // Both under one global filter: a per-layer filter costs a span lookup on
+            // every enter and exit of every span (a worker's span is entered on each
+            // poll of its future), for each layer it filters.
+            return tracing_subscriber::registry()
+                .with(vec![output, stream])
+                .with(filter)
+                .try_init()
+                .is_ok();
+        }
+        // Extra layers filter for themselves: the output's filter must not apply to them.
+        let stream_filter = self.filter();
+        let mut layers = self.layers;
+        layers.insert(0, output.with_filter(filter).boxed());
+        layers.push(stream.with_filter(stream_filter).boxed());
         tracing_subscriber::registry().with(layers).try_init().is_ok()
     }
 }
