@@ -52,6 +52,7 @@ macro_rules! conformance_suite {
         conformance_suite!(@tests [$(#[$attr])*] $make;
             topic_routing,
             direct_and_fanout_routing,
+            large_bodies,
             publish_to_missing_exchange,
             mandatory_returns,
             concurrent_returns_reach_their_own_publish,
@@ -290,6 +291,37 @@ async fn topic_routing(h: &dyn Harness) {
         assert_eq!(drain(&mut consumer).await, *bodies, "queue bound as {queue}");
     }
     cleanup(&b, &[&one, &many, &tail, &exact], &[&x]).await;
+}
+
+/// Bodies larger than a frame (32 KiB by default on RabbitMQ, see
+/// `AmqpOptions::frame_max`) cross in several, whole and in order, beside small ones.
+async fn large_bodies(h: &dyn Harness) {
+    let b = h.connect().await;
+    let q = h.unique("large");
+    declare(&b, Topology::new().queue(transient(&q))).await;
+    let bodies: Vec<String> = [32 * 1024 - 8, 32 * 1024, 100_000, 1, 1_000_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let letter = char::from(b'a' + u8::try_from(i).unwrap_or(0));
+            std::iter::repeat_n(letter, len).collect()
+        })
+        .collect();
+    for body in &bodies {
+        publish(&b, "", &q, body).await;
+    }
+    let mut consumer = b.consume(&q, ConsumeOptions::prefetch(0)).await.expect("consume");
+    for body in &bodies {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.body.len(), body.len());
+        assert!(
+            delivery.body == body.as_bytes(),
+            "a body of {} bytes came back changed",
+            body.len()
+        );
+        delivery.ack().await.expect("ack");
+    }
+    cleanup(&b, &[&q], &[]).await;
 }
 
 /// Direct exchanges match keys exactly, fanout ignores them, and the default exchange
