@@ -76,6 +76,26 @@ impl NamekoClient {
     }
 }
 
+/// This process's publishes so far, from nameko-rs's metrics: how many the broker
+/// confirmed as routed, and how many were left `unconfirmed` — RPC requests whose reply
+/// came before their confirm, so the call returned without waiting for it.
+///
+/// ```
+/// let (routed, unconfirmed) = example_bench::client::publish_counts();
+/// assert_eq!((routed, unconfirmed), (0, 0));
+/// ```
+pub fn publish_counts() -> (u64, u64) {
+    let text = nameko::core::metrics::Metrics::new().render(None);
+    let count = |outcome: &str| {
+        let prefix = format!("nameko_publishes_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (count("routed"), count("unconfirmed"))
+}
+
 impl Caller for NamekoClient {
     async fn call(&self, method: &'static str, args: Value) -> Result<Value, BenchError> {
         self.rpc.call(SERVICE, method, args).await.map_err(|err| match err {

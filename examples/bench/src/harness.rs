@@ -1,11 +1,13 @@
 //! The harness: runs nameko-rs and the raw lapin baseline side by side and reports
 //! medians and ratios as a markdown table.
 //!
-//! For each run and each implementation (alternating which goes first), it deletes the
-//! service's queues, starts the server (`example-bench run bench` or
+//! For each run and each [`Setup`] — nameko-rs on both sides, raw lapin on both sides,
+//! the raw client driving the nameko-rs service (server-side) and the nameko-rs client
+//! driving the raw server (client-side), alternating the order from run to run — it
+//! deletes the service's queues, starts the server (`example-bench run bench` or
 //! `example-bench raw-server`), times start-up until the server answers an `echo`
-//! (`startup_ms`), runs every scenario in a client process of the same implementation
-//! (`example-bench client` or `raw-client`), reads the server's CPU time around each
+//! (`startup_ms`), reads its resident set once idle, runs every scenario in a client
+//! process (`example-bench client` or `raw-client`), reads the server's CPU time around each
 //! scenario (per call or event; it includes the client's warm-up calls and polls, the
 //! same for both) and its peak RSS (`VmHWM`), and stops the server with SIGTERM, which
 //! must end it cleanly. CPU per operation is the number that contention from other
@@ -108,6 +110,63 @@ impl Implementation {
     }
 }
 
+/// A client and a server, each nameko-rs or raw lapin: the harness compares every
+/// setup with raw lapin on both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Setup {
+    /// Which client drives the load.
+    pub client: Implementation,
+    /// Which server answers it.
+    pub server: Implementation,
+}
+
+impl Setup {
+    /// nameko-rs on both sides.
+    pub const NAMEKO: Self = Self {
+        client: Implementation::Nameko,
+        server: Implementation::Nameko,
+    };
+    /// Raw lapin on both sides: the baseline every ratio divides by.
+    pub const RAW: Self = Self {
+        client: Implementation::Raw,
+        server: Implementation::Raw,
+    };
+    /// The raw client driving the nameko-rs service: the server side's figures.
+    pub const SERVER_SIDE: Self = Self {
+        client: Implementation::Raw,
+        server: Implementation::Nameko,
+    };
+    /// The nameko-rs client driving the raw server: the client side's figures.
+    pub const CLIENT_SIDE: Self = Self {
+        client: Implementation::Nameko,
+        server: Implementation::Raw,
+    };
+    /// Every setup, in the table's order.
+    pub const ALL: [Self; 4] = [Self::NAMEKO, Self::RAW, Self::SERVER_SIDE, Self::CLIENT_SIDE];
+
+    /// `nameko-rs`, `raw lapin`, `server-side` (raw client, nameko-rs server) or
+    /// `client-side` (nameko-rs client, raw server): the names `--setups` takes.
+    ///
+    /// ```
+    /// use example_bench::harness::Setup;
+    /// assert_eq!(Setup::SERVER_SIDE.label(), "server-side");
+    /// assert_eq!(Setup::parse("client-side"), Some(Setup::CLIENT_SIDE));
+    /// ```
+    pub fn label(self) -> &'static str {
+        match (self.client, self.server) {
+            (Implementation::Nameko, Implementation::Nameko) => "nameko-rs",
+            (Implementation::Raw, Implementation::Raw) => "raw lapin",
+            (Implementation::Raw, Implementation::Nameko) => "server-side",
+            (Implementation::Nameko, Implementation::Raw) => "client-side",
+        }
+    }
+
+    /// The setup a [`label`](Self::label) names.
+    pub fn parse(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.label() == label)
+    }
+}
+
 /// What the harness runs.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -116,8 +175,11 @@ pub struct HarnessOptions {
     pub broker: String,
     /// The `example-bench` binary to start servers and clients from.
     pub exe: PathBuf,
-    /// How many runs of each implementation (medians are taken over them).
+    /// How many runs of each setup (medians are taken over them).
     pub runs: usize,
+    /// The setups of every run (the order alternates from run to run); raw lapin on
+    /// both sides must be among them, every ratio divides by it.
+    pub setups: Vec<Setup>,
     /// The scenarios of every run, in order.
     pub scenarios: Vec<Scenario>,
     /// nameko-rs's `max_workers` and the raw server's prefetch.
@@ -128,8 +190,9 @@ pub struct HarnessOptions {
 
 impl HarnessOptions {
     /// Options for `broker` with the default scenarios (`seq 2000 100`,
-    /// `conc 10000 64`, `sleep 1000 64 10`, `events 10000 64`), three runs, prefetch
-    /// 10 (nameko-rs's default `max_workers`), and a unique RPC exchange.
+    /// `conc 10000 64`, `sleep 1000 64 10`, `events 10000 64`), three runs of every
+    /// [`Setup`], prefetch 10 (nameko-rs's default `max_workers`), and a unique RPC
+    /// exchange.
     ///
     /// ```
     /// let options = example_bench::harness::HarnessOptions::new("amqp://localhost/", "example-bench".into());
@@ -141,6 +204,7 @@ impl HarnessOptions {
             broker: broker.to_owned(),
             exe,
             runs: 3,
+            setups: Setup::ALL.to_vec(),
             scenarios: vec![
                 Scenario::Seq {
                     calls: 2000,
@@ -166,13 +230,14 @@ impl HarnessOptions {
     }
 }
 
-/// The numbers of one run of one implementation, by metric key (`startup_ms`,
-/// `server_rss_kb`, `client_rss_kb`, `<scenario>.<key>` for the client's keys and
-/// `<scenario>.server_cpu_us`, `<scenario>.client_cpu_us`).
+/// The numbers of one run of one setup, by metric key (`startup_ms`,
+/// `server_idle_rss_kb`, `server_rss_kb`, `client_rss_kb`, `<scenario>.<key>` for the
+/// client's keys, `<scenario>.server_cpu_us`, `<scenario>.client_cpu_us`, and for the
+/// nameko-rs client's calls `<scenario>.reply_first_pct`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunResult {
-    /// Which implementation.
-    pub implementation: Implementation,
+    /// Which client and server.
+    pub setup: Setup,
     /// Metric key → value.
     pub metrics: BTreeMap<String, f64>,
     /// `/proc/loadavg` before and after the run.
@@ -188,35 +253,100 @@ pub struct Summary {
     pub runs: Vec<RunResult>,
 }
 
-/// Which way a metric is better, and the floor on its ratio.
+/// A bound a row's number is judged against.
 #[derive(Clone, Copy, Debug)]
-enum Floor {
-    /// Throughput: nameko-rs must reach this fraction of raw lapin.
+enum Bound {
+    /// At least this much (throughput).
     AtLeast(f64),
-    /// Latency: nameko-rs may take at most this multiple of raw lapin.
+    /// At most this much (latency, memory).
     AtMost(f64),
     /// Reported, not judged.
     None,
 }
 
+impl Bound {
+    /// `None` when there is nothing to judge.
+    fn judge(self, value: Option<f64>) -> Option<bool> {
+        match (self, value) {
+            (Self::AtLeast(min), Some(v)) => Some(v >= min),
+            (Self::AtMost(max), Some(v)) => Some(v <= max),
+            _ => None,
+        }
+    }
+
+    /// `≥ 0.90`, `≤ 1.10` (empty when not judged).
+    fn text(self) -> String {
+        match self {
+            Self::AtLeast(min) => format!("≥ {}", number(min)),
+            Self::AtMost(max) => format!("≤ {}", number(max)),
+            Self::None => String::new(),
+        }
+    }
+}
+
+/// One row of the table.
+struct Row {
+    key: String,
+    label: String,
+    /// Issue #5's floor on the nameko-rs / raw lapin ratio.
+    floor: Bound,
+    /// Issue #10's target: on every setup's ratio, or on nameko-rs's own number when
+    /// `absolute`.
+    target: Bound,
+    absolute: bool,
+}
+
+impl Row {
+    fn new(key: String, label: String) -> Self {
+        Self {
+            key,
+            label,
+            floor: Bound::None,
+            target: Bound::None,
+            absolute: false,
+        }
+    }
+
+    fn floor(mut self, floor: Bound) -> Self {
+        self.floor = floor;
+        self
+    }
+
+    fn target(mut self, target: Bound) -> Self {
+        self.target = target;
+        self
+    }
+
+    fn absolute_target(mut self, target: Bound) -> Self {
+        self.target = target;
+        self.absolute = true;
+        self
+    }
+}
+
 impl Summary {
-    /// The median of `metric` over `implementation`'s runs.
+    /// The median of `metric` over `setup`'s runs.
     ///
     /// ```
     /// use std::collections::BTreeMap;
-    /// use example_bench::harness::{Implementation, RunResult, Summary};
+    /// use example_bench::harness::{RunResult, Setup, Summary};
     ///
     /// let run = |v: f64| RunResult {
-    ///     implementation: Implementation::Raw,
+    ///     setup: Setup::RAW,
     ///     metrics: BTreeMap::from([("seq.rps".to_owned(), v)]),
     ///     load: Default::default(),
     /// };
     /// let summary = Summary { scenarios: vec![], runs: vec![run(3.0), run(1.0), run(2.0)] };
-    /// assert_eq!(summary.median(Implementation::Raw, "seq.rps"), Some(2.0));
-    /// assert_eq!(summary.median(Implementation::Nameko, "seq.rps"), None);
+    /// assert_eq!(summary.median(Setup::RAW, "seq.rps"), Some(2.0));
+    /// assert_eq!(summary.median(Setup::NAMEKO, "seq.rps"), None);
     /// ```
-    pub fn median(&self, implementation: Implementation, metric: &str) -> Option<f64> {
-        let mut values = self.values(implementation, metric);
+    pub fn median(&self, setup: Setup, metric: &str) -> Option<f64> {
+        let mut values: Vec<f64> = self
+            .runs
+            .iter()
+            .filter(|r| r.setup == setup)
+            .filter_map(|r| r.metrics.get(metric).copied())
+            .collect();
         if values.is_empty() {
             return None;
         }
@@ -229,50 +359,71 @@ impl Summary {
         })
     }
 
-    fn values(&self, implementation: Implementation, metric: &str) -> Vec<f64> {
-        self.runs
-            .iter()
-            .filter(|r| r.implementation == implementation)
-            .filter_map(|r| r.metrics.get(metric).copied())
+    /// `setup`'s median of `metric` over raw lapin's.
+    pub fn ratio(&self, setup: Setup, metric: &str) -> Option<f64> {
+        let value = self.median(setup, metric)?;
+        let raw = self.median(Setup::RAW, metric)?;
+        (raw > 0.0).then(|| value / raw)
+    }
+
+    /// The setups that ran, in the table's order.
+    fn setups(&self) -> Vec<Setup> {
+        Setup::ALL
+            .into_iter()
+            .filter(|s| self.runs.iter().any(|r| r.setup == *s))
             .collect()
     }
 
-    /// The rows of the table: metric key, label, floor.
-    fn rows(&self) -> Vec<(String, String, Floor)> {
-        let mut rows = vec![(
-            "startup_ms".to_owned(),
-            "start-up until the first answer (ms)".to_owned(),
-            Floor::None,
-        )];
+    /// The rows of the table.
+    fn rows(&self) -> Vec<Row> {
+        let mut rows = vec![
+            Row::new(
+                "startup_ms".to_owned(),
+                "start-up until the first answer (ms)".to_owned(),
+            )
+            .absolute_target(Bound::AtMost(50.0)),
+        ];
         for scenario in &self.scenarios {
             let name = scenario.name();
-            let row = |key: &str, label: String, floor| (format!("{name}.{key}"), label, floor);
+            let row = |key: &str, label: String| Row::new(format!("{name}.{key}"), label);
             match *scenario {
                 Scenario::Seq { calls, bytes } => {
                     let what = format!("sequential echo ({calls} calls, {bytes} B)");
-                    rows.push(row("rps", format!("{what}: calls/s"), Floor::AtLeast(0.9)));
-                    rows.push(row("p50_us", format!("{what}: p50 (µs)"), Floor::None));
-                    rows.push(row("p99_us", format!("{what}: p99 (µs)"), Floor::AtMost(1.1)));
+                    rows.push(
+                        row("rps", format!("{what}: calls/s"))
+                            .floor(Bound::AtLeast(0.9))
+                            .target(Bound::AtLeast(1.3)),
+                    );
+                    rows.push(row("p50_us", format!("{what}: p50 (µs)")).target(Bound::AtMost(0.8)));
+                    rows.push(row("p99_us", format!("{what}: p99 (µs)")).floor(Bound::AtMost(1.1)));
                 }
                 Scenario::Conc { calls, inflight } => {
                     let what = format!("{inflight}-in-flight echo ({calls} calls)");
-                    rows.push(row("rps", format!("{what}: calls/s"), Floor::AtLeast(0.9)));
-                    rows.push(row("p50_us", format!("{what}: p50 (µs)"), Floor::None));
-                    rows.push(row("p99_us", format!("{what}: p99 (µs)"), Floor::AtMost(1.1)));
+                    rows.push(
+                        row("rps", format!("{what}: calls/s"))
+                            .floor(Bound::AtLeast(0.9))
+                            .target(Bound::AtLeast(1.5)),
+                    );
+                    rows.push(row("p50_us", format!("{what}: p50 (µs)")).target(Bound::AtMost(0.8)));
+                    rows.push(row("p99_us", format!("{what}: p99 (µs)")).floor(Bound::AtMost(1.1)));
                 }
                 Scenario::Sleep { calls, inflight, ms } => {
                     let what = format!("{inflight}-in-flight sleep({ms} ms) ({calls} calls)");
-                    rows.push(row("rps", format!("{what}: calls/s"), Floor::AtLeast(0.9)));
-                    rows.push(row("p99_us", format!("{what}: p99 (µs)"), Floor::AtMost(1.1)));
+                    rows.push(row("rps", format!("{what}: calls/s")).floor(Bound::AtLeast(0.9)));
+                    rows.push(row("p99_us", format!("{what}: p99 (µs)")).floor(Bound::AtMost(1.1)));
                 }
                 Scenario::Events { events, inflight } => {
                     let what = format!("events ({events}, {inflight} dispatches in flight)");
-                    rows.push(row(
-                        "dispatch_rps",
-                        format!("{what}: dispatched/s"),
-                        Floor::AtLeast(0.9),
-                    ));
-                    rows.push(row("consume_rps", format!("{what}: consumed/s"), Floor::AtLeast(0.9)));
+                    rows.push(
+                        row("dispatch_rps", format!("{what}: dispatched/s"))
+                            .floor(Bound::AtLeast(0.9))
+                            .target(Bound::AtLeast(7.0)),
+                    );
+                    rows.push(
+                        row("consume_rps", format!("{what}: consumed/s"))
+                            .floor(Bound::AtLeast(0.9))
+                            .target(Bound::AtLeast(7.0)),
+                    );
                 }
             }
             let per = if matches!(scenario, Scenario::Events { .. }) {
@@ -280,39 +431,40 @@ impl Summary {
             } else {
                 "call"
             };
-            rows.push(row(
-                "server_cpu_us",
-                format!("{name}: server CPU per {per} (µs)"),
-                Floor::None,
-            ));
-            rows.push(row(
-                "client_cpu_us",
-                format!("{name}: client CPU per {per} (µs)"),
-                Floor::None,
-            ));
+            if !matches!(scenario, Scenario::Events { .. }) {
+                rows.push(row(
+                    "reply_first_pct",
+                    format!("{name}: calls whose reply came before the request's confirm (%)"),
+                ));
+            }
+            rows.push(row("server_cpu_us", format!("{name}: server CPU per {per} (µs)")));
+            rows.push(row("client_cpu_us", format!("{name}: client CPU per {per} (µs)")));
         }
-        rows.push((
+        rows.push(
+            Row::new(
+                "server_idle_rss_kb".to_owned(),
+                "server RSS once started, idle (KiB)".to_owned(),
+            )
+            .absolute_target(Bound::AtMost(15.0 * 1024.0)),
+        );
+        rows.push(Row::new(
             "server_rss_kb".to_owned(),
             "server peak RSS (VmHWM, KiB)".to_owned(),
-            Floor::None,
         ));
-        rows.push((
+        rows.push(Row::new(
             "client_rss_kb".to_owned(),
             "client peak RSS (largest of its runs, KiB)".to_owned(),
-            Floor::None,
         ));
         rows
     }
 
-    /// Whether every judged ratio meets its floor (`None` when nothing was measured).
+    /// Whether every ratio of nameko-rs to raw lapin meets issue #5's floor (`None`
+    /// when nothing was judged).
     pub fn meets_floor(&self) -> Option<bool> {
         let mut judged = false;
-        for (key, _, floor) in self.rows() {
-            let ratio = self.ratio(&key);
-            let ok = match (floor, ratio) {
-                (Floor::AtLeast(min), Some(r)) => r >= min,
-                (Floor::AtMost(max), Some(r)) => r <= max,
-                _ => continue,
+        for row in self.rows() {
+            let Some(ok) = row.floor.judge(self.ratio(Setup::NAMEKO, &row.key)) else {
+                continue;
             };
             judged = true;
             if !ok {
@@ -322,42 +474,72 @@ impl Summary {
         judged.then_some(true)
     }
 
-    fn ratio(&self, metric: &str) -> Option<f64> {
-        let nameko = self.median(Implementation::Nameko, metric)?;
-        let raw = self.median(Implementation::Raw, metric)?;
-        (raw > 0.0).then(|| nameko / raw)
-    }
-
-    /// The markdown table of medians and ratios (nameko-rs / raw lapin), with the floor
-    /// each judged row must meet, then every run's numbers.
+    /// The markdown table: each setup's median, the nameko-rs / raw lapin ratio against
+    /// issue #5's floor, the server-side and client-side ratios, and issue #10's
+    /// targets (✓ or ✗ after each ratio a target judges); then every run's numbers.
     pub fn markdown(&self) -> String {
-        let runs = self
-            .runs
-            .iter()
-            .filter(|r| r.implementation == Implementation::Nameko)
-            .count();
+        let setups = self.setups();
+        let runs = self.runs.iter().filter(|r| r.setup == Setup::RAW).count();
         let mut out = String::new();
-        let _ = writeln!(out, "Medians of {runs} run(s) each; ratio = nameko-rs / raw lapin.\n");
-        let _ = writeln!(out, "| metric | nameko-rs | raw lapin | ratio | floor |");
-        let _ = writeln!(out, "| --- | ---: | ---: | ---: | --- |");
-        for (key, label, floor) in self.rows() {
-            let cell = |i| self.median(i, &key).map_or_else(|| "–".to_owned(), number);
-            let ratio = self.ratio(&key);
-            let judged = match (floor, ratio) {
-                (Floor::AtLeast(min), Some(r)) => format!("≥ {min:.2} {}", if r >= min { "✓" } else { "✗" }),
-                (Floor::AtMost(max), Some(r)) => format!("≤ {max:.2} {}", if r <= max { "✓" } else { "✗" }),
-                _ => String::new(),
+        let _ = writeln!(
+            out,
+            "Medians of {runs} run(s) each; every ratio is over raw lapin on both sides \
+             (server-side: the raw client driving the nameko-rs service; client-side: the \
+             nameko-rs client driving the raw server).\n"
+        );
+        let ratios: Vec<Setup> = setups.iter().copied().filter(|s| *s != Setup::RAW).collect();
+        let mut header = "| metric |".to_owned();
+        for setup in &setups {
+            let _ = write!(header, " {} |", setup.label());
+        }
+        for setup in &ratios {
+            let _ = write!(header, " ratio {} |", setup.label());
+        }
+        header.push_str(" floor (#5) | target (#10) |");
+        let _ = writeln!(out, "{header}");
+        let _ = writeln!(
+            out,
+            "| --- |{}{} --- | --- |",
+            " ---: |".repeat(setups.len()),
+            " ---: |".repeat(ratios.len())
+        );
+        let mark = |ok: Option<bool>| match ok {
+            Some(true) => " ✓",
+            Some(false) => " ✗",
+            None => "",
+        };
+        for row in self.rows() {
+            let mut line = format!("| {} |", row.label);
+            for setup in &setups {
+                let value = self.median(*setup, &row.key);
+                let judged = if row.absolute && *setup == Setup::NAMEKO {
+                    row.target.judge(value)
+                } else {
+                    None
+                };
+                let cell = value.map_or_else(|| "–".to_owned(), number);
+                let _ = write!(line, " {cell}{} |", mark(judged));
+            }
+            for setup in &ratios {
+                let ratio = self.ratio(*setup, &row.key);
+                let judged = if row.absolute { None } else { row.target.judge(ratio) };
+                let cell = ratio.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}"));
+                let _ = write!(line, " {cell}{} |", mark(judged));
+            }
+            let floor = match row.floor.judge(self.ratio(Setup::NAMEKO, &row.key)) {
+                Some(ok) => format!("{}{}", row.floor.text(), mark(Some(ok))),
+                None => String::new(),
             };
-            let ratio = ratio.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}"));
-            let _ = writeln!(
-                out,
-                "| {label} | {} | {} | {ratio} | {judged} |",
-                cell(Implementation::Nameko),
-                cell(Implementation::Raw)
-            );
+            let target = match (row.target, row.absolute) {
+                (Bound::None, _) => String::new(),
+                (target, true) => target.text(),
+                (target, false) => format!("{}×", target.text()),
+            };
+            let _ = writeln!(line, " {floor} | {target} |");
+            out.push_str(&line);
         }
         let _ = writeln!(out, "\nEvery run, in order (load average before → after):\n");
-        let _ = writeln!(out, "| run | implementation | load | numbers |");
+        let _ = writeln!(out, "| run | setup | load | numbers |");
         let _ = writeln!(out, "| ---: | --- | --- | --- |");
         for (i, run) in self.runs.iter().enumerate() {
             let numbers: Vec<String> = run.metrics.iter().map(|(k, v)| format!("{k}={}", number(*v))).collect();
@@ -365,7 +547,7 @@ impl Summary {
                 out,
                 "| {} | {} | {} → {} | {} |",
                 i + 1,
-                run.implementation.label(),
+                run.setup.label(),
                 run.load.0,
                 run.load.1,
                 numbers.join(" ")
@@ -395,12 +577,31 @@ fn number(value: f64) -> String {
 ///
 /// When `/proc/<pid>/status` cannot be read or has no `VmHWM` line (not Linux).
 pub fn peak_rss_kb(pid: &str) -> Result<u64, BenchError> {
+    status_kb(pid, "VmHWM")
+}
+
+/// The resident set now (`VmRSS`, KiB) of process `pid` (`"self"` for this one).
+///
+/// ```
+/// let now = example_bench::harness::rss_kb("self")?;
+/// assert!(now > 0 && now <= example_bench::harness::peak_rss_kb("self")?);
+/// # Ok::<(), example_bench::BenchError>(())
+/// ```
+///
+/// # Errors
+///
+/// When `/proc/<pid>/status` cannot be read or has no `VmRSS` line (not Linux).
+pub fn rss_kb(pid: &str) -> Result<u64, BenchError> {
+    status_kb(pid, "VmRSS")
+}
+
+fn status_kb(pid: &str, field: &str) -> Result<u64, BenchError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| BenchError::Process(format!("/proc/{pid}/status has no VmHWM line")))
+        .ok_or_else(|| BenchError::Process(format!("/proc/{pid}/status has no {field} line")))
 }
 
 /// Linux reports process times in these ticks per second (`USER_HZ`, 100 on every
@@ -441,7 +642,7 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
-/// Runs every run of both implementations, then deletes what was declared.
+/// Runs every run of every setup, then deletes what was declared.
 ///
 /// # Errors
 ///
@@ -450,6 +651,11 @@ fn load_average() -> String {
 pub async fn run(options: &HarnessOptions, mut progress: impl FnMut(&str)) -> Result<Summary, BenchError> {
     if options.runs == 0 {
         return Err(BenchError::Process("runs must be at least 1".into()));
+    }
+    if !options.setups.contains(&Setup::RAW) {
+        return Err(BenchError::Process(
+            "the setups must include raw lapin on both sides: every ratio divides by it".into(),
+        ));
     }
     for scenario in &options.scenarios {
         scenario.check()?;
@@ -461,13 +667,13 @@ pub async fn run(options: &HarnessOptions, mut progress: impl FnMut(&str)) -> Re
     };
     let mut result = Ok(());
     'runs: for i in 0..options.runs {
-        let mut order = Implementation::ALL;
+        let mut order = options.setups.clone();
         if i % 2 == 1 {
             order.reverse();
         }
-        for implementation in order {
-            progress(&format!("run {}/{}: {}", i + 1, options.runs, implementation.label()));
-            match one_run(options, implementation, &prober).await {
+        for setup in order {
+            progress(&format!("run {}/{}: {}", i + 1, options.runs, setup.label()));
+            match one_run(options, setup, &prober).await {
                 Ok(run) => summary.runs.push(run),
                 Err(err) => {
                     result = Err(err);
@@ -486,24 +692,20 @@ pub async fn run(options: &HarnessOptions, mut progress: impl FnMut(&str)) -> Re
     result.and(closed).and(deleted).map(|()| summary)
 }
 
-async fn one_run(
-    options: &HarnessOptions,
-    implementation: Implementation,
-    prober: &RawClient,
-) -> Result<RunResult, BenchError> {
-    let label = implementation.label();
+async fn one_run(options: &HarnessOptions, setup: Setup, prober: &RawClient) -> Result<RunResult, BenchError> {
+    let label = setup.server.label();
     let load_before = load_average();
     // Fresh queues: start-up includes declaring them, and nothing waits in them.
     raw::delete(&options.broker, &[RPC_QUEUE, EVENT_QUEUE], &[]).await?;
-    let log = std::env::temp_dir().join(format!(
-        "example-bench-{}-{}.log",
-        std::process::id(),
-        implementation.client_command()
-    ));
+    let log = std::env::temp_dir().join(format!("example-bench-{}-{}.log", std::process::id(), setup.label()));
     let log_file = std::fs::File::create(&log)?;
     let started = Instant::now();
     let mut server = tokio::process::Command::new(&options.exe)
-        .args(implementation.server_args(&options.broker, &options.rpc_exchange, options.prefetch))
+        .args(
+            setup
+                .server
+                .server_args(&options.broker, &options.rpc_exchange, options.prefetch),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -538,11 +740,14 @@ async fn one_run(
     }
     let mut metrics = BTreeMap::new();
     metrics.insert("startup_ms".to_owned(), started.elapsed().as_secs_f64() * 1000.0);
+    // Settled a moment after its first answer, before any load.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    metrics.insert("server_idle_rss_kb".to_owned(), rss_kb(&pid)? as f64);
     let mut client_rss: f64 = 0.0;
     for scenario in &options.scenarios {
         let name = scenario.name();
         let server_cpu = cpu_time(&pid)?;
-        let report = client(options, implementation, scenario).await?;
+        let report = client(options, setup.client, scenario).await?;
         let server_cpu = cpu_time(&pid)?.saturating_sub(server_cpu);
         metrics.insert(
             format!("{name}.server_cpu_us"),
@@ -554,6 +759,18 @@ async fn one_run(
             }
         }
         metrics.insert(format!("{name}.client_cpu_us"), report.number("cpu_us_per_op")?);
+        // The nameko-rs client counts the requests whose reply came before their confirm.
+        if let (Ok(routed), Ok(unconfirmed)) = (
+            report.number("publishes_routed"),
+            report.number("publishes_unconfirmed"),
+        ) && !matches!(scenario, Scenario::Events { .. })
+            && routed + unconfirmed > 0.0
+        {
+            metrics.insert(
+                format!("{name}.reply_first_pct"),
+                100.0 * unconfirmed / (routed + unconfirmed),
+            );
+        }
         client_rss = client_rss.max(report.number("client_rss_kb")?);
     }
     metrics.insert("client_rss_kb".to_owned(), client_rss);
@@ -578,7 +795,7 @@ async fn one_run(
     }
     let _ = std::fs::remove_file(&log);
     Ok(RunResult {
-        implementation,
+        setup,
         metrics,
         load: (load_before, load_average()),
     })
@@ -616,9 +833,9 @@ async fn client(
 mod tests {
     use super::*;
 
-    fn run(implementation: Implementation, rps: f64, p99: f64) -> RunResult {
+    fn run(setup: Setup, rps: f64, p99: f64) -> RunResult {
         RunResult {
-            implementation,
+            setup,
             metrics: BTreeMap::from([("seq.rps".to_owned(), rps), ("seq.p99_us".to_owned(), p99)]),
             load: ("0.1 0.2 0.3".into(), "0.2 0.2 0.3".into()),
         }
@@ -634,20 +851,24 @@ mod tests {
     #[test]
     fn the_table_has_medians_ratios_and_floors() {
         let s = summary(vec![
-            run(Implementation::Nameko, 950.0, 1000.0),
-            run(Implementation::Raw, 1000.0, 1000.0),
-            run(Implementation::Raw, 1010.0, 900.0),
-            run(Implementation::Nameko, 900.0, 1200.0),
-            run(Implementation::Nameko, 990.0, 1050.0),
-            run(Implementation::Raw, 990.0, 950.0),
+            run(Setup::NAMEKO, 950.0, 1000.0),
+            run(Setup::RAW, 1000.0, 1000.0),
+            run(Setup::RAW, 1010.0, 900.0),
+            run(Setup::NAMEKO, 900.0, 1200.0),
+            run(Setup::NAMEKO, 990.0, 1050.0),
+            run(Setup::RAW, 990.0, 950.0),
         ]);
         let table = s.markdown();
         assert!(
-            table.contains("| sequential echo (10 calls, 1 B): calls/s | 950 | 1000 | 0.95 | ≥ 0.90 ✓ |"),
+            table.contains("| metric | nameko-rs | raw lapin | ratio nameko-rs | floor (#5) | target (#10) |"),
             "{table}"
         );
         assert!(
-            table.contains("| sequential echo (10 calls, 1 B): p99 (µs) | 1050 | 950 | 1.11 | ≤ 1.10 ✗ |"),
+            table.contains("| sequential echo (10 calls, 1 B): calls/s | 950 | 1000 | 0.95 ✗ | ≥ 0.90 ✓ | ≥ 1.30× |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| sequential echo (10 calls, 1 B): p99 (µs) | 1050 | 950 | 1.11 | ≤ 1.10 ✗ |  |"),
             "{table}"
         );
         assert!(
@@ -658,11 +879,44 @@ mod tests {
     }
 
     #[test]
-    fn meeting_every_floor_is_reported() {
-        let s = summary(vec![
-            run(Implementation::Nameko, 1000.0, 100.0),
-            run(Implementation::Raw, 1000.0, 100.0),
+    fn server_side_and_client_side_ratios_divide_by_raw_lapin() {
+        let mut s = summary(vec![
+            run(Setup::RAW, 1000.0, 100.0),
+            run(Setup::NAMEKO, 1000.0, 100.0),
+            run(Setup::CLIENT_SIDE, 1400.0, 70.0),
+            run(Setup::SERVER_SIDE, 1100.0, 90.0),
         ]);
+        s.runs[0].metrics.insert("startup_ms".into(), 20.0);
+        s.runs[1].metrics.insert("startup_ms".into(), 60.0);
+        let table = s.markdown();
+        assert!(
+            table.contains(
+                "| metric | nameko-rs | raw lapin | server-side | client-side | ratio nameko-rs | \
+                 ratio server-side | ratio client-side | floor (#5) | target (#10) |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| sequential echo (10 calls, 1 B): calls/s | 1000 | 1000 | 1100 | 1400 | 1.00 ✗ | 1.10 ✗ | \
+                 1.40 ✓ | ≥ 0.90 ✓ | ≥ 1.30× |"
+            ),
+            "{table}"
+        );
+        // Absolute targets judge nameko-rs's own number.
+        assert!(
+            table.contains(
+                "| start-up until the first answer (ms) | 60.00 ✗ | 20.00 | – | – | 3.00 | – | – |  | ≤ 50.00 |"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("| 3 | client-side |"), "{table}");
+        assert_eq!(Setup::parse("nameko"), None);
+    }
+
+    #[test]
+    fn meeting_every_floor_is_reported() {
+        let s = summary(vec![run(Setup::NAMEKO, 1000.0, 100.0), run(Setup::RAW, 1000.0, 100.0)]);
         assert_eq!(s.meets_floor(), Some(true));
         assert_eq!(summary(vec![]).meets_floor(), None);
     }

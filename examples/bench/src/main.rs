@@ -11,8 +11,9 @@
 //!   lapin baseline.
 //! - `example-bench raw-http [--address HOST:PORT]`: `GET /echo/{v}` with bare axum,
 //!   the baseline of `bench`'s `#[http]` echo, until SIGTERM.
-//! - `example-bench harness [--broker URI] [--runs N] [--out FILE] ...`: both side by
-//!   side; prints a markdown table of medians and ratios.
+//! - `example-bench harness [--broker URI] [--runs N] [--setups LIST] [--out FILE] ...`:
+//!   nameko-rs and raw lapin side by side — on both sides, and each client against the
+//!   other's server (`--setups`); prints a markdown table of medians and ratios.
 
 use std::{
     convert::Infallible,
@@ -25,7 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use example_bench::{
     BenchError,
     client::NamekoClient,
-    harness::{self, HarnessOptions},
+    harness::{self, HarnessOptions, Setup},
     load::{self, Caller, Report, Scenario},
     raw::{RawClient, RawServer},
 };
@@ -151,9 +152,19 @@ struct ServerArgs {
 struct HarnessArgs {
     #[command(flatten)]
     broker: Broker,
-    /// Runs of each implementation; medians are taken over them.
+    /// Runs of each setup; medians are taken over them.
     #[arg(long, default_value = "3")]
     runs: usize,
+    /// The setups to run, comma-separated: `nameko-rs` (both sides), `raw lapin` (both
+    /// sides, always needed), `server-side` (the raw client driving the nameko-rs
+    /// service), `client-side` (the nameko-rs client driving the raw server).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = parse_setup,
+        default_value = "nameko-rs,raw lapin,server-side,client-side"
+    )]
+    setups: Vec<Setup>,
     /// `seq` calls (each with a string of `--bytes` bytes).
     #[arg(long, default_value = "2000")]
     seq: usize,
@@ -187,6 +198,12 @@ struct HarnessArgs {
     out: Option<PathBuf>,
 }
 
+fn parse_setup(label: &str) -> Result<Setup, String> {
+    Setup::parse(label).ok_or_else(|| {
+        format!("unknown setup `{label}`: expected `nameko-rs`, `raw lapin`, `server-side` or `client-side`")
+    })
+}
+
 fn tools() -> ExitCode {
     let tool = Tool::parse();
     let _ = nameko::cli::init_logging();
@@ -218,7 +235,11 @@ async fn run(tool: Tool) -> Result<ExitCode, BenchError> {
             let client = NamekoClient::connect(&args.broker.broker, &args.rpc_exchange).await?;
             let report = drive(&client, args.scenario.scenario()).await;
             client.close().await?;
-            print(&report?.to_string())?;
+            let mut report = report?;
+            let (routed, unconfirmed) = example_bench::client::publish_counts();
+            report.push("publishes_routed", routed);
+            report.push("publishes_unconfirmed", unconfirmed);
+            print(&report.to_string())?;
         }
         Tool::RawClient(args) => {
             let client = RawClient::connect(&args.broker.broker, &args.rpc_exchange).await?;
@@ -254,6 +275,7 @@ async fn run(tool: Tool) -> Result<ExitCode, BenchError> {
             let exe = std::env::current_exe()?;
             let mut options = HarnessOptions::new(&args.broker.broker, exe);
             options.runs = args.runs;
+            options.setups = args.setups;
             options.prefetch = args.prefetch;
             if let Some(exchange) = args.rpc_exchange {
                 options.rpc_exchange = exchange;

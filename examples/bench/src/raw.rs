@@ -256,26 +256,44 @@ impl RawServer {
     }
 
     /// Graceful stop: cancels both consumers, waits for the requests and events under
-    /// way to be answered and acked, then closes the connection.
+    /// way to be answered and acked, then closes the connection. Each step is bounded
+    /// by [`STOP_STEP`]: lapin (4.12) sometimes reports `invalid channel state: Closing`
+    /// while a consumer is cancelled and then never ends its stream.
     pub async fn stop(self) {
-        for (channel, tag) in &self.consumers {
-            if let Err(err) = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await
-            {
-                tracing::warn!(%err, "could not cancel a consumer");
+        let bounded = async |what: &str, step: std::pin::Pin<&mut (dyn Future<Output = ()> + Send)>| {
+            if tokio::time::timeout(STOP_STEP, step).await.is_err() {
+                tracing::warn!("the raw server's stop gave up waiting for {what} after {STOP_STEP:?}");
             }
+        };
+        for (channel, tag) in &self.consumers {
+            let cancel = async {
+                if let Err(err) = channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await
+                {
+                    tracing::warn!(%err, "could not cancel a consumer");
+                }
+            };
+            bounded("a consumer's cancel", std::pin::pin!(cancel)).await;
         }
         for run in self.loops {
-            let _ = run.await;
+            let abort = run.abort_handle();
+            bounded("a consumer's stream to end", std::pin::pin!(async { drop(run.await) })).await;
+            abort.abort();
         }
         self.tasks.close();
-        self.tasks.wait().await;
-        if let Err(err) = self.connection.close(200, "OK".into()).await {
-            tracing::debug!(%err, "closing the connection");
-        }
+        bounded("the requests and events under way", std::pin::pin!(self.tasks.wait())).await;
+        let close = async {
+            if let Err(err) = self.connection.close(200, "OK".into()).await {
+                tracing::debug!(%err, "closing the connection");
+            }
+        };
+        bounded("the connection to close", std::pin::pin!(close)).await;
     }
 }
+
+/// How long each step of [`RawServer::stop`] may take.
+const STOP_STEP: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 struct Request {
