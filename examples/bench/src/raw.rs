@@ -257,7 +257,7 @@ impl RawServer {
 
     /// Graceful stop: cancels both consumers, waits for the requests and events under
     /// way to be answered and acked, then closes the connection. Each step is bounded
-    /// by [`STOP_STEP`]: lapin (4.12) sometimes reports `invalid channel state: Closing`
+    /// by ten seconds: lapin (4.12) sometimes reports `invalid channel state: Closing`
     /// while a consumer is cancelled and then never ends its stream.
     pub async fn stop(self) {
         let bounded = async |what: &str, step: std::pin::Pin<&mut (dyn Future<Output = ()> + Send)>| {
