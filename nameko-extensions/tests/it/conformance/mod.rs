@@ -319,7 +319,7 @@ async fn large_bodies(h: &dyn Harness) {
             "a body of {} bytes came back changed",
             body.len()
         );
-        delivery.ack().await.expect("ack");
+        assert_eq!(delivery.ack().await, Ok(AckOutcome::Done));
     }
     cleanup(&b, &[&q], &[]).await;
 }
