@@ -246,10 +246,11 @@ pub struct WorkerContext {
 struct Inner {
     service_name: &'static str,
     entrypoint: EntrypointInfo,
-    call_id: String,
-    call_id_stack: Vec<String>,
-    origin_call_id: Option<String>,
-    immediate_parent_call_id: Option<String>,
+    /// Every parent call id as received, then this worker's own: the tracked stack is
+    /// its tail from `tracked` on, the origin its first.
+    stack: Vec<String>,
+    /// Where the tracked stack starts in `stack`.
+    tracked: usize,
     data: ContextData,
     config: Config,
     extensions: Extensions,
@@ -283,26 +284,23 @@ impl WorkerContext {
         extensions: Extensions,
         args: Option<Box<dyn CallArgs>>,
     ) -> Self {
-        let parents: Vec<String> = match data.remove(CALL_ID_STACK_KEY) {
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .filter_map(|v| match v {
+        let mut stack: Vec<String> = match data.remove(CALL_ID_STACK_KEY) {
+            Some(Value::Array(items)) => {
+                let mut stack = Vec::with_capacity(items.len() + 1);
+                stack.extend(items.into_iter().filter_map(|v| match v {
                     Value::String(s) => Some(s),
                     _ => None,
-                })
-                .collect(),
+                }));
+                stack
+            }
             Some(other) => {
                 tracing::warn!(value = %other, "ignoring `call_id_stack` that is not a list of strings");
-                Vec::new()
+                Vec::with_capacity(1)
             }
-            None => Vec::new(),
+            None => Vec::with_capacity(1),
         };
-        let call_id = crate::ids::call_id(service_name, entrypoint.method());
-        let tracked = config.parent_calls_tracked();
-        let kept = &parents[parents.len().saturating_sub(tracked)..];
-        let mut call_id_stack = Vec::with_capacity(kept.len() + 1);
-        call_id_stack.extend_from_slice(kept);
-        call_id_stack.push(call_id.clone());
+        let tracked = stack.len().saturating_sub(config.parent_calls_tracked());
+        stack.push(crate::ids::call_id(service_name, entrypoint.method()));
         if !data.trace_id().is_some_and(is_valid_trace_id) {
             if let Some(bad) = data.get(TRACE_ID_KEY) {
                 tracing::debug!(trace_id = %bad, "replacing an invalid incoming trace id");
@@ -313,10 +311,8 @@ impl WorkerContext {
             inner: Arc::new(Inner {
                 service_name,
                 entrypoint,
-                call_id,
-                origin_call_id: parents.first().cloned(),
-                immediate_parent_call_id: parents.last().cloned(),
-                call_id_stack,
+                stack,
+                tracked,
                 data,
                 config,
                 extensions,
@@ -348,22 +344,28 @@ impl WorkerContext {
 
     /// This worker's call id, `<service>.<method>.<uuid4>`.
     pub fn call_id(&self) -> &str {
-        &self.inner.call_id
+        self.inner.stack.last().map_or("", String::as_str)
     }
 
     /// Parents' call ids (at most `parent_calls_tracked`) followed by this worker's.
     pub fn call_id_stack(&self) -> &[String] {
-        &self.inner.call_id_stack
+        &self.inner.stack[self.inner.tracked..]
     }
 
     /// The first call id of the chain, if this call has parents.
     pub fn origin_call_id(&self) -> Option<&str> {
-        self.inner.origin_call_id.as_deref()
+        self.parents().first().map(String::as_str)
     }
 
     /// The call id of the worker that made this call, if any.
     pub fn immediate_parent_call_id(&self) -> Option<&str> {
-        self.inner.immediate_parent_call_id.as_deref()
+        self.parents().last().map(String::as_str)
+    }
+
+    /// Every parent's call id as received, oldest first.
+    fn parents(&self) -> &[String] {
+        let stack = &self.inner.stack;
+        &stack[..stack.len().saturating_sub(1)]
     }
 
     /// The incoming context data, without `call_id_stack`, with a valid `trace_id`.
@@ -380,7 +382,7 @@ impl WorkerContext {
     /// plus its `call_id_stack`.
     pub fn outgoing_data(&self) -> ContextData {
         let mut data = self.inner.data.clone();
-        data.insert(CALL_ID_STACK_KEY, self.inner.call_id_stack.clone());
+        data.insert(CALL_ID_STACK_KEY, self.call_id_stack().to_vec());
         // With spans, each outgoing message carries its own span's trace context
         // (`otel::OutgoingSpan`), never the one this worker received.
         #[cfg(feature = "otel")]
@@ -418,8 +420,8 @@ impl fmt::Debug for WorkerContext {
         f.debug_struct("WorkerContext")
             .field("service_name", &self.inner.service_name)
             .field("entrypoint", &self.inner.entrypoint)
-            .field("call_id", &self.inner.call_id)
-            .field("call_id_stack", &self.inner.call_id_stack)
+            .field("call_id", &self.call_id())
+            .field("call_id_stack", &self.call_id_stack())
             .field("data", &self.inner.data)
             .finish_non_exhaustive()
     }
