@@ -272,7 +272,10 @@ where
                 let Reserved { token, permits } = reserved;
                 let started = std::time::Instant::now();
                 // Borrowed, not cloned: a token's clone and drop each lock its shared node.
-                let lifecycle = run_lifecycle(&core, &*handler, &cx, request);
+                // Boxed: the task's own future stays small, and the runtime moves it
+                // several times (into its cell, through each stage) — a box is cheaper
+                // than those copies of the handler's whole state.
+                let lifecycle = Box::pin(run_lifecycle(&core, &*handler, &cx, request));
                 #[cfg(feature = "otel")]
                 let lifecycle = crate::otel::in_context(lifecycle, otel.clone());
                 let result = tokio::select! {
