@@ -52,11 +52,24 @@ impl TraceId {
 /// The trace id `headers` carry, if valid: `X-Trace-Id`, else the trace-id part of a
 /// W3C `traceparent`.
 pub(crate) fn adopted_trace_id(headers: &HeaderMap) -> Option<&str> {
-    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    header(TRACE_ID_HEADER.as_str())
+    // Looked up by `HeaderName`: a `&str` key is parsed and validated on every lookup.
+    headers
+        .get(&TRACE_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
         .filter(|id| is_valid_trace_id(id))
-        .or_else(|| header("traceparent").and_then(trace_id_from_traceparent))
+        .or_else(|| traceparent_trace_id(headers))
 }
+
+/// The trace-id part of a valid W3C `traceparent` header.
+fn traceparent_trace_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(&TRACEPARENT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(trace_id_from_traceparent)
+}
+
+/// W3C trace context's header.
+const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
 
 impl<S: Send + Sync> FromRequestParts<S> for TraceId {
     type Rejection = std::convert::Infallible;
@@ -122,11 +135,14 @@ where
 {
     // The request's trace id, adopted or new, is its `X-Trace-Id` from here on: the
     // entrypoint and the `TraceId` extractor read it there (cheaper than an extension).
-    let header = match request.headers().get(TRACE_ID_HEADER) {
+    let header = match request.headers().get(&TRACE_ID_HEADER) {
         Some(value) if value.to_str().is_ok_and(is_valid_trace_id) => value.clone(),
         _ => {
-            let trace_id = TraceId::from_headers(request.headers());
-            let value = HeaderValue::from_str(&trace_id.0).expect("valid trace ids are valid header values");
+            // `X-Trace-Id` is missing or invalid: `traceparent`'s, or a new one.
+            let trace_id = traceparent_trace_id(request.headers()).map_or_else(new_trace_id, str::to_owned);
+            // The id's own buffer becomes the header's: no copy.
+            let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(trace_id))
+                .expect("valid trace ids are valid header values");
             request.headers_mut().insert(TRACE_ID_HEADER, value.clone());
             value
         }

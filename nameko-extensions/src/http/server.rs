@@ -493,19 +493,29 @@ impl Service<Request> for Edge {
             });
         }
         // The edge limits bodies itself: axum's own default limit is off. Around the
-        // whole app, not per route (`Router::layer` would box every route once more).
+        // whole app, not per route (`Router::layer` would box every route once more);
+        // and only for a request with a body (the layer inserts a request extension).
         let app = self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut app = DefaultBodyLimit::disable().layer(app);
-        Box::pin(async move {
-            Ok(edge::edge(limit, request, |request| async move {
-                match app.call(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }
-            })
-            .await)
-        })
+        if axum::body::HttpBody::is_end_stream(request.body()) {
+            Box::pin(through_edge(limit, request, app))
+        } else {
+            Box::pin(through_edge(limit, request, DefaultBodyLimit::disable().layer(app)))
+        }
     }
+}
+
+/// `request` through the edge, then `app`.
+async fn through_edge<A>(limit: usize, request: Request, mut app: A) -> Result<Response, Infallible>
+where
+    A: Service<Request, Response = Response, Error = Infallible>,
+{
+    Ok(edge::edge(limit, request, |request| async move {
+        match app.call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    })
+    .await)
 }
 
 /// An entrypoint's [`RouteHandler`] as a tower service.
