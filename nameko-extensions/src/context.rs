@@ -45,6 +45,15 @@ pub fn context_from_headers(headers: Option<&Headers>) -> ContextData {
 /// Whether `value` holds lists or tables more than `limit` levels deep (a list of
 /// strings is one level). Iterative: never recurses, however deep the value.
 fn nests_deeper_than(value: &FieldValue, limit: usize) -> bool {
+    // The usual headers — scalars, and lists or tables of scalars (`call_id_stack`) —
+    // are answered without a stack.
+    let flat = |value: &FieldValue| !matches!(value, FieldValue::Array(_) | FieldValue::Table(_));
+    match value {
+        value if flat(value) => return false,
+        FieldValue::Array(items) if items.iter().all(flat) => return limit < 1,
+        FieldValue::Table(table) if table.iter().all(|(_, value)| flat(value)) => return limit < 1,
+        _ => {}
+    }
     let mut open = vec![(value, 0)];
     while let Some((value, depth)) = open.pop() {
         let items: Box<dyn Iterator<Item = &FieldValue>> = match value {
@@ -199,6 +208,13 @@ mod tests {
         assert!(data.get("deep").is_none());
         assert!(!nests_deeper_than(&FieldValue::Bool(true), 0));
         assert!(nests_deeper_than(&nest(1), 0));
+        assert!(!nests_deeper_than(&nest(1), 1));
+        assert!(nests_deeper_than(&nest(2), 1));
+        assert!(!nests_deeper_than(&nest(2), 2));
+        let mut table = Headers::new();
+        table.insert("k", FieldValue::I32(1));
+        assert!(nests_deeper_than(&FieldValue::Table(table.clone()), 0));
+        assert!(!nests_deeper_than(&FieldValue::Table(table), 1));
     }
 
     #[test]
