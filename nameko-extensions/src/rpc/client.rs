@@ -500,15 +500,20 @@ impl Call<'_> {
         })
     }
 
+    /// `future`'s output, or [`RpcError::Timeout`] once the call's deadline passes.
+    async fn before_deadline<F: Future>(&self, future: F) -> Result<F::Output, RpcError> {
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, future)
+                .await
+                .map_err(|_| self.timed_out()),
+            None => Ok(future.await),
+        }
+    }
+
     /// Waits, until the deadline, for the request's confirm, and reads it: an error
     /// unless the request was routed.
     async fn confirm(&self, confirming: Confirming) -> Result<(), RpcError> {
-        let published = match self.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, confirming)
-                .await
-                .map_err(|_| self.timed_out())?,
-            None => confirming.await,
-        };
+        let published = self.before_deadline(confirming).await?;
         match published {
             Ok(PublishOutcome::Routed) => Ok(()),
             Ok(PublishOutcome::Returned { .. }) => {
@@ -527,12 +532,7 @@ impl Call<'_> {
 
     /// Waits for the reply on `rx` until the deadline.
     async fn wait(&self, rx: &mut oneshot::Receiver<Result<Value, RpcError>>) -> Result<Value, RpcError> {
-        let received = match self.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, rx)
-                .await
-                .map_err(|_| self.timed_out())?,
-            None => rx.await,
-        };
+        let received = self.before_deadline(rx).await?;
         match received {
             Ok(Err(RpcError::ConnectionLost { reason, .. })) => Err(RpcError::ConnectionLost {
                 target: self.target.to_owned(),
