@@ -63,9 +63,9 @@ pub enum PublishOutcome {
     Nacked,
     /// No confirm: the channel or connection failed first.
     Failed,
-    /// The publisher stopped waiting before the broker answered: an RPC request whose
-    /// reply came first (the reply proves it was delivered). Not in the confirm
-    /// histogram.
+    /// The publisher stopped waiting before the broker answered: mostly an RPC request
+    /// whose reply came first (the reply proves it was delivered), else a call that
+    /// timed out or was dropped. Not in the confirm histogram.
     Unconfirmed,
 }
 

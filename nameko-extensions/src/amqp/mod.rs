@@ -217,7 +217,7 @@ impl AmqpOptions {
     }
 
     /// Sets the largest frame this side accepts (see [`frame_max`](Self::frame_max);
-    /// AMQP's smallest, 4 KiB, and lapin's, 8 KiB, still apply).
+    /// lapin raises anything under 8 KiB to 8 KiB, and 0 leaves the broker's).
     ///
     /// ```
     /// use nameko_extensions::amqp::AmqpOptions;
@@ -874,7 +874,8 @@ fn check_topology(topology: &Topology) -> Result<(), BrokerError> {
 }
 
 /// A publish in flight, for the metrics: one whose caller stops waiting before the
-/// confirm (an RPC call whose reply came first) is counted `unconfirmed` when dropped.
+/// confirm (an RPC call whose reply came first, or one that timed out) is counted
+/// `unconfirmed` when dropped.
 struct Unconfirmed(Option<std::time::Instant>);
 
 impl Drop for Unconfirmed {
