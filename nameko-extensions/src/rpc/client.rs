@@ -329,8 +329,6 @@ impl RpcClient {
             body: Bytes::from(args.to_body()),
         };
         let target = message.routing_key.clone();
-        let broker = Arc::clone(&self.inner.broker);
-        let confirming: Confirming = Box::pin(async move { broker.publish(message).await });
         let mut reply = RpcReply {
             rx,
             deadline,
@@ -345,8 +343,12 @@ impl RpcClient {
         // (packets held, not yet known lost) cannot outlast it. A request confirmed
         // later expires unrun in the queue (`expiration`).
         match confirm {
-            Confirm::WithReply => reply.confirming = Some(confirming),
-            Confirm::First => reply.call().confirm(confirming).await?,
+            Confirm::WithReply => {
+                // Owned by the reply, which polls it beside the reply's wait.
+                let broker = Arc::clone(&self.inner.broker);
+                reply.confirming = Some(Box::pin(async move { broker.publish(message).await }));
+            }
+            Confirm::First => reply.call().confirm(self.inner.broker.publish(message)).await?,
         }
         Ok(reply)
     }
@@ -512,7 +514,10 @@ impl Call<'_> {
 
     /// Waits, until the deadline, for the request's confirm, and reads it: an error
     /// unless the request was routed.
-    async fn confirm(&self, confirming: Confirming) -> Result<(), RpcError> {
+    async fn confirm(
+        &self,
+        confirming: impl Future<Output = Result<PublishOutcome, BrokerError>>,
+    ) -> Result<(), RpcError> {
         let published = self.before_deadline(confirming).await?;
         match published {
             Ok(PublishOutcome::Routed) => Ok(()),
