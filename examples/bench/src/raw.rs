@@ -260,11 +260,6 @@ impl RawServer {
     /// by ten seconds: lapin (4.12) sometimes reports `invalid channel state: Closing`
     /// while a consumer is cancelled and then never ends its stream.
     pub async fn stop(self) {
-        let bounded = async |what: &str, step: std::pin::Pin<&mut (dyn Future<Output = ()> + Send)>| {
-            if tokio::time::timeout(STOP_STEP, step).await.is_err() {
-                tracing::warn!("the raw server's stop gave up waiting for {what} after {STOP_STEP:?}");
-            }
-        };
         for (channel, tag) in &self.consumers {
             let cancel = async {
                 if let Err(err) = channel
@@ -274,21 +269,28 @@ impl RawServer {
                     tracing::warn!(%err, "could not cancel a consumer");
                 }
             };
-            bounded("a consumer's cancel", std::pin::pin!(cancel)).await;
+            bounded("a consumer's cancel", cancel).await;
         }
         for run in self.loops {
             let abort = run.abort_handle();
-            bounded("a consumer's stream to end", std::pin::pin!(async { drop(run.await) })).await;
+            bounded("a consumer's stream to end", async { drop(run.await) }).await;
             abort.abort();
         }
         self.tasks.close();
-        bounded("the requests and events under way", std::pin::pin!(self.tasks.wait())).await;
+        bounded("the requests and events under way", self.tasks.wait()).await;
         let close = async {
             if let Err(err) = self.connection.close(200, "OK".into()).await {
                 tracing::debug!(%err, "closing the connection");
             }
         };
-        bounded("the connection to close", std::pin::pin!(close)).await;
+        bounded("the connection to close", close).await;
+    }
+}
+
+/// Runs one step of [`RawServer::stop`], giving up on it after [`STOP_STEP`].
+async fn bounded(what: &str, step: impl Future<Output = ()>) {
+    if tokio::time::timeout(STOP_STEP, step).await.is_err() {
+        tracing::warn!("the raw server's stop gave up waiting for {what} after {STOP_STEP:?}");
     }
 }
 
