@@ -52,6 +52,7 @@ pub trait GreetingClient {
     async fn greet(&self, name: String) -> Result<String, RpcError>;
 }
 
+// ANCHOR: greeting
 /// The `greeting` service.
 #[derive(Debug, nameko::Dependencies)]
 pub struct Greeting {
@@ -75,7 +76,9 @@ impl Greeting {
         Ok(format!("Hi, {name}!"))
     }
 }
+// ANCHOR_END: greeting
 
+// ANCHOR: listen
 /// The `listen` service.
 #[derive(Debug, nameko::Dependencies)]
 pub struct Listen {}
@@ -89,6 +92,7 @@ impl Listen {
         Ok(())
     }
 }
+// ANCHOR_END: listen
 
 /// The query of `GET /greet`.
 #[derive(Debug, Deserialize)]
@@ -131,6 +135,7 @@ impl std::fmt::Debug for Web {
     }
 }
 
+// ANCHOR: web
 #[nameko::service(name = "web")]
 impl Web {
     /// `GET /greet?name=Flynne` → `Hi, Flynne!`
@@ -140,6 +145,7 @@ impl Web {
         Ok(self.greeting.greet(query.name).await?)
     }
 }
+// ANCHOR_END: web
 
 /// A [`Visitors`] that counts in memory.
 #[derive(Debug, Default)]
