@@ -85,6 +85,13 @@
 //! Configuration precedence: the file < `NAMEKO_<KEY>` environment variables <
 //! `--define` < `--broker`.
 //!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `shell` | yes | the interactive `shell`'s line editor (rustyline): history, tab completion; without it, plain lines |
+//! | `amqp-tls` | no | `amqps://` and `AMQP_SSL` for every verb |
+//!
 //! # Transports
 //!
 //! AMQP (RabbitMQ) is the default; `--broker` and `AMQP_URI` say where it is.

@@ -18,6 +18,19 @@
 //! | `http` | HTTP entrypoints and the runner's web server (axum), behind the `http` feature |
 //! | [`transport`] | how extensions find the runner's broker |
 //! | `ws` | websocket RPC (`#[ws_rpc]`) and the hub on `GET /ws`, behind the `ws` feature |
+//!
+//! # Features
+//!
+//! None is on by default; the `nameko` facade turns on `amqp` and `http`.
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | `amqp` | `amqp`: the RabbitMQ transport (lapin), `AmqpBroker`, `AmqpUri` |
+//! | `amqp-tls` | `amqps://` and `AMQP_SSL` for it (rustls with ring; the system's roots unless `AMQP_SSL` names a CA) |
+//! | `cron` | cron schedules for [`timer`] (tokio-cron-scheduler, croner, chrono-tz) |
+//! | `http` | `http`: the HTTP entrypoint and the runner's web server (axum) |
+//! | `ws` | `ws`: websocket RPC and the hub (implies `http`) |
+//! | `otel` | OpenTelemetry spans for RPC calls, event dispatches and publishes, children of the worker's |
 
 #[cfg(feature = "amqp")]
 pub mod amqp;

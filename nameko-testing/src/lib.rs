@@ -25,6 +25,15 @@
 //!   (`nameko run`, killed on drop, output printed when the test fails) and scripts
 //!   with the interpreter at `NAMEKO_TEST_PYTHON`, against a [`RabbitMq`].
 //!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `http` | no | `ServiceHarness::http` (requests through the router, no socket) and `http::exchange` (a minimal HTTP/1.1 client for socket tests) |
+//! | `ws` | no | `ServiceHarness::ws_call`, `ServiceHarness::ws_server` and a recording hub (implies `http`) |
+//! | `rabbitmq` | no | `RabbitMq`: a test's share of a real broker (`NAMEKO_TEST_AMQP_URI`), unique names, clean-up |
+//! | `python` | no | `PythonNameko`: Python Nameko services and scripts against it (`NAMEKO_TEST_PYTHON`; implies `rabbitmq`) |
+//!
 //! Stability: this crate follows the `nameko` crate's version; its helpers change only
 //! with a minor release.
 

@@ -11,6 +11,20 @@
 //! the everyday names into scope. `cli` (feature `cli`, on by default) is the command
 //! line a service binary's `main` ends with: `nameko::cli::Cli::new().main()`.
 //!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `registry` | yes | services register themselves (`inventory`), so `run` and `list` find them by name |
+//! | `macros` | yes | `#[service]`, `#[derive(Dependencies)]`, `#[rpc_client]`, `#[derive(RemoteError)]` |
+//! | `cli` | yes | `nameko::cli`: the command line a service binary's `main` ends with (implies `registry`) |
+//! | `amqp` | yes | `nameko::amqp`: the RabbitMQ transport (lapin) |
+//! | `http` | yes | `nameko::http`: `#[http]` entrypoints and the runner's web server (axum) |
+//! | `amqp-tls` | no | `amqps://` and `AMQP_SSL` (rustls), for services and the CLI |
+//! | `cron` | no | cron timers, `#[timer(cron = "0 */5 * * * *", tz = "Europe/Paris")]` (tokio-cron-scheduler, chrono-tz) |
+//! | `ws` | no | `nameko::ws`: `#[ws_rpc]` and the `WebSocketHub` on `GET /ws` (implies `http`) |
+//! | `otel` | no | OpenTelemetry spans for workers, RPC calls, dispatches and publishes, linked by W3C `traceparent` |
+//!
 //! # Examples
 //!
 //! A service written against the public traits (the `#[nameko::service]` macro writes
